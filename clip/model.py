@@ -1,0 +1,486 @@
+"""CLIP's image and text encoders in MindSpore, with OpenAI's parameter names."""
+
+from collections import OrderedDict
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Constant, initializer
+
+
+def _param(*shape: int, fill: float = 0.0, grad: bool = True) -> Parameter:
+    return Parameter(initializer(Constant(fill), shape, ms.float32), requires_grad=grad)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis in float32 with epsilon 1e-5, as OpenAI's."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = _param(width, fill=1.0)
+        self.bias = _param(width)
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=1e-5)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.bias)[0]
+
+
+class BatchNorm2d(nn.Cell):
+    """Inference-mode BatchNorm with torch's names (weight, bias, running_mean, running_var)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = _param(channels, fill=1.0)
+        self.bias = _param(channels)
+        self.running_mean = _param(channels, grad=False)
+        self.running_var = _param(channels, fill=1.0, grad=False)
+        self.norm = ops.BatchNorm(is_training=False, epsilon=1e-5)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.bias, self.running_mean, self.running_var)[0]
+
+
+class QuickGELU(nn.Cell):
+    def construct(self, x):
+        return x * ops.sigmoid(1.702 * x)
+
+
+class Conv2d(nn.Cell):
+    """Bias-free convolution with torch's weight layout and padding.
+
+    MindSpore's CPU kernel is 40-100x slower than a matmul for k > 1 here, so non-1x1 kernels run
+    as one matmul: on non-overlapping patches when stride == kernel, else on unfolded columns.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.weight = _param(c_out, c_in, kernel, kernel)
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def construct(self, x):
+        n, c, h, w = x.shape
+        k, s, p = self.kernel, self.stride, self.padding
+        if k == 1 and s == 1 and p == 0:
+            return ops.conv2d(x, self.weight)
+        weight = self.weight.reshape(self.weight.shape[0], -1)
+        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if k == s and p == 0:
+            x = x[:, :, : h_out * k, : w_out * k].reshape(n, c, h_out, k, w_out, k)
+            patches = x.transpose(0, 2, 4, 1, 3, 5).reshape(n, h_out * w_out, c * k * k)
+            return ops.matmul(patches, weight.T).transpose(0, 2, 1).reshape(n, -1, h_out, w_out)
+        columns = ops.unfold(x, kernel_size=k, padding=p, stride=s)
+        return ops.matmul(weight, columns).reshape(n, -1, h_out, w_out)
+
+
+def _avgpool(stride: int) -> nn.Cell:
+    return nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+
+
+def _attention(q, k, v, heads: int, mask=None):
+    """Scaled dot-product attention of (N, Lq, D) queries over (N, L, D) keys and values."""
+    n, lq, width = q.shape
+    length = k.shape[1]
+    head_dim = width // heads
+    q = q.reshape(n, lq, heads, head_dim).transpose(0, 2, 1, 3) * head_dim**-0.5
+    k = k.reshape(n, length, heads, head_dim).transpose(0, 2, 3, 1)
+    v = v.reshape(n, length, heads, head_dim).transpose(0, 2, 1, 3)
+    weights = ops.matmul(q, k)
+    if mask is not None:
+        weights = weights + mask
+    weights = ops.softmax(weights, axis=-1)
+    return ops.matmul(weights, v).transpose(0, 2, 1, 3).reshape(n, lq, width)
+
+
+class MultiheadAttention(nn.Cell):
+    """Self-attention with torch's fused in_proj (q, k, v rows in that order) and out_proj."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = _param(3 * width, width)
+        self.in_proj_bias = _param(3 * width)
+        self.out_proj = nn.Dense(width, width)
+        self.project = ops.MatMul(transpose_b=True)
+
+    def construct(self, x, mask=None):
+        n, length, width = x.shape
+        qkv = ops.bias_add(
+            self.project(x.reshape(-1, width), self.in_proj_weight), self.in_proj_bias
+        )
+        q, k, v = ops.split(qkv.reshape(n, length, 3 * width), width, axis=-1)
+        return self.out_proj(_attention(q, k, v, self.heads, mask))
+
+
+class ResidualAttentionBlock(nn.Cell):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = MultiheadAttention(width, heads)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.SequentialCell(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Dense(width, width * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Dense(width * 4, width)),
+                ]
+            )
+        )
+        self.ln_2 = LayerNorm(width)
+
+    def construct(self, x, mask=None):
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Cell):
+    """A stack of residual attention blocks on batch-first (N, L, D) inputs."""
+
+    def __init__(self, width: int, layers: int, heads: int):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+
+    def construct(self, x, mask=None):
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class Bottleneck(nn.Cell):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = Conv2d(inplanes, planes, 1)
+        self.bn1 = BatchNorm2d(planes)
+        self.conv2 = Conv2d(planes, planes, 3, padding=1)
+        self.bn2 = BatchNorm2d(planes)
+        self.avgpool = _avgpool(stride)
+        self.conv3 = Conv2d(planes, planes * self.expansion, 1)
+        self.bn3 = BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.SequentialCell(
+                OrderedDict(
+                    [
+                        ("-1", _avgpool(stride)),
+                        ("0", Conv2d(inplanes, planes * self.expansion, 1)),
+                        ("1", BatchNorm2d(planes * self.expansion)),
+                    ]
+                )
+            )
+
+    def construct(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class AttentionPool2d(nn.Cell):
+    """Attention pooling: the mean token attends over all spatial positions."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, heads: int, output_dim: int):
+        super().__init__()
+        self.positional_embedding = _param(spacial_dim**2 + 1, embed_dim)
+        self.k_proj = nn.Dense(embed_dim, embed_dim)
+        self.q_proj = nn.Dense(embed_dim, embed_dim)
+        self.v_proj = nn.Dense(embed_dim, embed_dim)
+        self.c_proj = nn.Dense(embed_dim, output_dim)
+        self.heads = heads
+
+    def construct(self, x):
+        n, c = x.shape[:2]
+        x = x.reshape(n, c, -1).transpose(0, 2, 1)
+        x = ops.cat([x.mean(axis=1, keep_dims=True), x], axis=1) + self.positional_embedding
+        out = _attention(self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x), self.heads)
+        return self.c_proj(out[:, 0])
+
+
+class ModifiedResNet(nn.Cell):
+    """OpenAI's ResNet: a 3-conv stem, anti-aliased strided blocks, attention pooling."""
+
+    def __init__(
+        self, layers: tuple, output_dim: int, heads: int, input_resolution: int, width: int
+    ):
+        super().__init__()
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+        self.conv1 = Conv2d(3, width // 2, 3, stride=2, padding=1)
+        self.bn1 = BatchNorm2d(width // 2)
+        self.conv2 = Conv2d(width // 2, width // 2, 3, padding=1)
+        self.bn2 = BatchNorm2d(width // 2)
+        self.conv3 = Conv2d(width // 2, width, 3, padding=1)
+        self.bn3 = BatchNorm2d(width)
+        self.avgpool = _avgpool(2)
+        self.relu = nn.ReLU()
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.SequentialCell:
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.SequentialCell(layers)
+
+    def construct(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.avgpool(self.relu(self.bn3(self.conv3(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class VisionTransformer(nn.Cell):
+    def __init__(
+        self,
+        input_resolution: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+    ):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.output_dim = output_dim
+        self.conv1 = Conv2d(3, width, patch_size, stride=patch_size)
+        self.class_embedding = _param(width)
+        self.positional_embedding = _param((input_resolution // patch_size) ** 2 + 1, width)
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = _param(width, output_dim)
+
+    def construct(self, x):
+        x = self.conv1(x)
+        n, width = x.shape[:2]
+        x = x.reshape(n, width, -1).transpose(0, 2, 1)
+        cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
+        x = self.ln_pre(ops.cat([cls, x], axis=1) + self.positional_embedding)
+        x = self.transformer(x)
+        return ops.matmul(self.ln_post(x[:, 0, :]), self.proj)
+
+
+class Embedding(nn.Cell):
+    """Token embedding table named as torch's nn.Embedding (weight)."""
+
+    def __init__(self, vocab_size: int, width: int):
+        super().__init__()
+        self.weight = _param(vocab_size, width)
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class CLIP(nn.Cell):
+    """OpenAI's CLIP: encode_image, encode_text, and scaled cosine logits between them."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_resolution: int,
+        vision_layers: int | tuple,
+        vision_width: int,
+        vision_patch_size: int | None,
+        context_length: int,
+        vocab_size: int,
+        transformer_width: int,
+        transformer_heads: int,
+        transformer_layers: int,
+    ):
+        super().__init__()
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(
+                tuple(vision_layers),
+                embed_dim,
+                vision_width * 32 // 64,
+                image_resolution,
+                vision_width,
+            )
+        else:
+            self.visual = VisionTransformer(
+                image_resolution,
+                vision_patch_size,
+                vision_width,
+                vision_layers,
+                vision_width // 64,
+                embed_dim,
+            )
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
+        self.token_embedding = Embedding(vocab_size, transformer_width)
+        self.positional_embedding = _param(context_length, transformer_width)
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = _param(transformer_width, embed_dim)
+        self.logit_scale = _param(fill=float(np.log(1 / 0.07)))
+        mask = np.triu(np.full((context_length, context_length), -np.inf, np.float32), 1)
+        self.attn_mask = Tensor(mask)
+        self._image_graph = None
+        self._text_graph = None
+        self.set_train(False)
+
+    @property
+    def dtype(self) -> ms.Type:
+        """Compute dtype of the encoders."""
+        return self.visual.conv1.weight.dtype
+
+    def compile_encoders(self) -> None:
+        """Run both encoders as compiled MindSpore graphs (jit) from now on."""
+        self._image_graph = ms.jit(self.visual.construct)
+        self._text_graph = ms.jit(self.encode_tokens)
+
+    def encode_tokens(self, text, eot):
+        """Text features of (N, L) token ids pooled at the given eot positions."""
+        length = text.shape[1]
+        x = self.token_embedding(text) + self.positional_embedding[:length]
+        x = self.ln_final(self.transformer(x, self.attn_mask[:length, :length]))
+        rows = ops.stack([ops.arange(x.shape[0], dtype=eot.dtype), eot], axis=-1)
+        return ops.matmul(ops.gather_nd(x, rows), self.text_projection)
+
+    def encode_image(self, image) -> Tensor:
+        """Image features (N, embed_dim) of preprocessed images (N, 3, H, W) or one (3, H, W)."""
+        image = self._check_image(image)
+        return self._image_graph(image) if self._image_graph else self.visual(image)
+
+    def encode_text(self, text) -> Tensor:
+        """Text features (N, embed_dim) of token ids (N, L) or one row (L,)."""
+        tokens = self._check_text(text)
+        eot = tokens.argmax(axis=-1).astype(np.int32)
+        if self._text_graph:
+            return self._text_graph(Tensor(tokens), Tensor(eot))
+        # Causal attention: positions after the last eot cannot change any eot feature.
+        return self.encode_tokens(Tensor(tokens[:, : int(eot.max()) + 1]), Tensor(eot))
+
+    def construct(self, image, text):
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(dim=1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=1, keepdim=True)
+        logits_per_image = self.logit_scale.exp() * ops.matmul(image_features, text_features.T)
+        return logits_per_image, logits_per_image.T
+
+    def _check_image(self, image) -> Tensor:
+        if not isinstance(image, (Tensor, np.ndarray)):
+            raise TypeError(
+                f"image must be a mindspore Tensor or numpy array, got {type(image).__name__}; "
+                "use the preprocess returned by clip.load to turn a PIL image into one"
+            )
+        if image.ndim == 3:
+            image = image[None]
+        n_px = self.visual.input_resolution
+        if image.ndim != 4 or tuple(image.shape[1:]) != (3, n_px, n_px):
+            raise ValueError(
+                f"image has shape {tuple(image.shape)}; this model takes (N, 3, {n_px}, {n_px}) "
+                f"or (3, {n_px}, {n_px}): preprocess images with clip.load's preprocess"
+            )
+        dtype = image.dtype if isinstance(image, np.ndarray) else ms.dtype_to_nptype(image.dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise ValueError(
+                f"image has dtype {dtype}; a float image normalised by preprocess is expected"
+            )
+        if isinstance(image, np.ndarray) or image.dtype != self.dtype:
+            image = Tensor(np.asarray(image, dtype=ms.dtype_to_nptype(self.dtype)))
+        return image
+
+    def _check_text(self, text) -> np.ndarray:
+        if not isinstance(text, (Tensor, np.ndarray)):
+            raise TypeError(
+                f"text must be token ids from clip.tokenize (a Tensor), got {type(text).__name__}"
+            )
+        tokens = text.asnumpy() if isinstance(text, Tensor) else np.asarray(text)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or tokens.shape[0] == 0 or not 0 < tokens.shape[1]:
+            raise ValueError(f"text has shape {tokens.shape}; token ids (N, L) are expected")
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(
+                f"text has {tokens.shape[1]} tokens per row; this model's context length is "
+                f"{self.context_length}: tokenize with context_length={self.context_length}"
+            )
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"text has dtype {tokens.dtype}; integer token ids are expected")
+        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+            raise ValueError(
+                f"token ids range over [{tokens.min()}, {tokens.max()}], outside this model's "
+                f"vocabulary [0, {self.vocab_size}): were they made by another tokenizer?"
+            )
+        return tokens.astype(np.int32)
+
+
+_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def model_config(state_dict: dict) -> dict:
+    """CLIP's constructor arguments, read from the shapes of an OpenAI-named state dict."""
+    vit = "visual.proj" in state_dict
+    required = ["text_projection", "positional_embedding", "token_embedding.weight"]
+    required += ["ln_final.weight", "visual.conv1.weight"]
+    required += ["visual.positional_embedding"] if vit else ["visual.attnpool.positional_embedding"]
+    missing = [key for key in required if key not in state_dict]
+    if missing:
+        raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
+    keys = list(state_dict)
+    if vit:
+        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
+        vision_layers = len(
+            [k for k in keys if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")]
+        )
+        grid_size = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        image_resolution = vision_patch_size * grid_size
+    else:
+        vision_layers = tuple(
+            len({k.split(".")[2] for k in keys if k.startswith(f"visual.layer{b}.")})
+            for b in (1, 2, 3, 4)
+        )
+        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+        vision_patch_size = None
+        image_resolution = 32 * round(
+            (state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5
+        )
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    return dict(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=int(image_resolution),
+        vision_layers=vision_layers,
+        vision_width=int(vision_width),
+        vision_patch_size=None if vision_patch_size is None else int(vision_patch_size),
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=len(
+            {k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")}
+        ),
+    )
+
+
+def build_model(state_dict: dict) -> CLIP:
+    """A CLIP whose architecture and float32 weights come from an OpenAI-named state dict."""
+    model = CLIP(**model_config(state_dict))
+    given = {k: v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
+    given = {k: v for k, v in given.items() if not k.endswith(".num_batches_tracked")}
+    params = dict(model.parameters_and_names())
+    problems = []
+    if missing := [k for k in params if k not in given]:
+        problems.append(f"missing {len(missing)} keys: {', '.join(missing[:8])}")
+    if unexpected := [k for k in given if k not in params]:
+        problems.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}")
+    for name, param in params.items():
+        if name == "logit_scale" and np.shape(given.get(name)) == (1,):
+            given[name] = np.reshape(given[name], ())
+        if name in given and tuple(np.shape(given[name])) != param.shape:
+            problems.append(f"{name} has shape {np.shape(given[name])}, expected {param.shape}")
+    if problems:
+        raise ValueError("state dict does not fit a CLIP: " + "; ".join(problems))
+    for name, param in params.items():
+        param.set_data(Tensor(np.asarray(given[name], dtype=np.float32)))
+    return model

@@ -1,0 +1,70 @@
+"""CLIP's image preprocessing, numerically identical to OpenAI's torchvision `_transform`."""
+
+import numbers
+
+import numpy as np
+from PIL import Image
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+_MEAN = np.array(MEAN, np.float32).reshape(3, 1, 1)
+_STD = np.array(STD, np.float32).reshape(3, 1, 1)
+
+
+def _as_pil(image) -> Image.Image:
+    """A PIL image as is; an (H, W), (H, W, 1|2|3|4) uint8 array through Image.fromarray."""
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"preprocess expects a PIL.Image.Image or a uint8 numpy array of shape (H, W) or "
+            f"(H, W, C) with C in 1-4, got {type(image).__module__}.{type(image).__qualname__}"
+        )
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"preprocess expects uint8 arrays (values 0-255), got dtype {image.dtype}: pass "
+            "(array * 255).round().astype(np.uint8) for floats in [0, 1], or a PIL image"
+        )
+    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
+        raise ValueError(
+            f"preprocess expects an HWC array, (H, W) or (H, W, C) with C in 1-4, got shape "
+            f"{image.shape}; transpose CHW arrays with array.transpose(1, 2, 0)"
+        )
+    return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+
+
+class Preprocess:
+    """Bicubic resize of the short side to n_px, center crop, RGB, scale to [0, 1], normalize."""
+
+    def __init__(self, n_px: int):
+        if isinstance(n_px, bool) or not isinstance(n_px, numbers.Integral) or n_px < 1:
+            raise ValueError(f"n_px must be a positive integer (e.g. 224), got {n_px!r}")
+        self.n_px = int(n_px)
+
+    def __call__(self, image: "Image.Image | np.ndarray") -> np.ndarray:
+        """float32 array (3, n_px, n_px) for a PIL image or an HWC uint8 array."""
+        image, n = _as_pil(image), self.n_px
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise ValueError(f"cannot preprocess an empty image of size {w}x{h} (width x height)")
+        # torchvision Resize(n): short side to n, long side int(n * long / short), skipped if equal
+        size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        # torchvision CenterCrop(n); both sides are >= n here, so it never pads
+        left, top = int(round((size[0] - n) / 2.0)), int(round((size[1] - n) / 2.0))
+        image = image.crop((left, top, left + n, top + n)).convert("RGB")
+        x = np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255)
+        return np.ascontiguousarray((x - _MEAN) / _STD)
+
+    def __repr__(self) -> str:
+        n = self.n_px
+        return (
+            f"Preprocess(n_px={n}: bicubic resize of the short side to {n}, center crop "
+            f"{n}x{n}, convert RGB, /255, normalize mean={MEAN} std={STD}) -> float32 (3, {n}, {n})"
+        )
+
+
+def transform(n_px: int) -> Preprocess:
+    """The preprocessing for a model with input resolution n_px."""
+    return Preprocess(n_px)

@@ -1,0 +1,198 @@
+"""The MindSpore model against OpenAI's reference outputs, and its architecture inference."""
+
+import json
+
+import mindspore as ms
+import numpy as np
+import pytest
+from conftest import FIXTURES, relative_error, softmax
+from mindspore import Tensor
+
+from clip.model import CLIP, build_model, model_config
+
+# OpenAI's published configurations, as its build_model infers them from the weights.
+PUBLISHED = {
+    "RN50": (1024, 224, (3, 4, 6, 3), 64, None, 512, 8, 12),
+    "RN101": (512, 224, (3, 4, 23, 3), 64, None, 512, 8, 12),
+    "RN50x4": (640, 288, (4, 6, 10, 6), 80, None, 640, 10, 12),
+    "RN50x16": (768, 384, (6, 8, 18, 8), 96, None, 768, 12, 12),
+    "RN50x64": (1024, 448, (3, 15, 36, 10), 128, None, 1024, 16, 12),
+    "ViT-B/32": (512, 224, 12, 768, 32, 512, 8, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 512, 8, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 768, 12, 12),
+    "ViT-L/14@336px": (768, 336, 24, 1024, 14, 768, 12, 12),
+}
+KEYS = (
+    "embed_dim",
+    "image_resolution",
+    "vision_layers",
+    "vision_width",
+    "vision_patch_size",
+    "transformer_width",
+    "transformer_heads",
+    "transformer_layers",
+)
+
+
+@pytest.fixture(scope="module")
+def published_shapes() -> dict:
+    with open(FIXTURES / "published_shapes.json") as f:
+        return json.load(f)
+
+
+def shaped(shapes: dict, rng: np.random.Generator | None = None) -> dict:
+    """A state dict with the given names and shapes: random values, or empty placeholders."""
+    if rng is None:
+        return {k: np.empty(v, np.float16) for k, v in shapes.items()}
+    state = {k: (rng.standard_normal(v, np.float32) * 0.02) for k, v in shapes.items()}
+    for name in state:
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight")):
+            state[name] += 1
+        if name.endswith("running_var") or name == "ln_final.weight":
+            state[name] = np.abs(state[name]) + 1
+    state["logit_scale"] = np.float32(np.log(100))
+    return state
+
+
+def test_parity_with_openai(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    image_features = model.encode_image(Tensor(io["images"])).asnumpy()
+    text_features = model.encode_text(Tensor(io["tokens"])).asnumpy()
+    logits_per_image, logits_per_text = model(Tensor(io["images"]), Tensor(io["tokens"]))
+    assert relative_error(image_features, io["image_features"]) <= 1e-4
+    assert relative_error(text_features, io["text_features"]) <= 1e-4
+    assert np.abs(softmax(logits_per_image.asnumpy()) - io["probs"]).max() <= 1e-5
+    assert np.abs(logits_per_image.asnumpy() - io["logits_per_image"]).max() <= 1e-3
+    np.testing.assert_array_equal(logits_per_text.asnumpy(), logits_per_image.asnumpy().T)
+
+
+def test_jit_gives_the_same_numbers(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    eager = model(Tensor(io["images"]), Tensor(io["tokens"]))[0].asnumpy()
+    model.compile_encoders()
+    compiled = model(Tensor(io["images"]), Tensor(io["tokens"]))[0].asnumpy()
+    assert np.abs(compiled - eager).max() <= 1e-4
+    assert np.abs(softmax(compiled) - io["probs"]).max() <= 1e-5
+
+
+def test_single_image_and_single_token_row(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    batch = model.encode_image(io["images"]).asnumpy()
+    one = model.encode_image(io["images"][1]).asnumpy()
+    assert one.shape == (1, batch.shape[1])
+    np.testing.assert_allclose(one[0], batch[1], rtol=1e-5, atol=1e-6)
+    row = model.encode_text(Tensor(io["tokens"][2])).asnumpy()
+    np.testing.assert_allclose(row[0], io["text_features"][2], rtol=1e-4, atol=1e-5)
+    logits_per_image, _ = model(Tensor(io["images"][0]), Tensor(io["tokens"]))
+    assert logits_per_image.shape == (1, len(io["tokens"]))
+
+
+def test_model_attributes(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    assert model.visual.input_resolution == io["images"].shape[-1] == 64
+    assert model.context_length == 77
+    assert model.vocab_size == weights["token_embedding.weight"].shape[0]
+    assert model.dtype == ms.float32
+    assert model.visual.conv1.weight.dtype == ms.float32
+    assert model.logit_scale.asnumpy() == np.float32(weights["logit_scale"])
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_architecture_inferred_for_published_models(name, published_shapes):
+    config = model_config(shaped(published_shapes[name]))
+    assert tuple(config[k] for k in KEYS) == PUBLISHED[name]
+    assert (config["context_length"], config["vocab_size"]) == (77, 49408)
+
+
+@pytest.mark.parametrize("name", ["RN50", "RN50x4", "ViT-B/32", "ViT-B/16"])
+def test_parameter_names_and_shapes_equal_openai(name, published_shapes):
+    expected = {
+        k: tuple(v)
+        for k, v in published_shapes[name].items()
+        if k not in ("input_resolution", "context_length", "vocab_size")
+        and not k.endswith("num_batches_tracked")
+    }
+    model = CLIP(**model_config(shaped(published_shapes[name])))
+    assert {k: tuple(p.shape) for k, p in model.parameters_and_names()} == expected
+
+
+def test_full_size_rn50_runs_end_to_end(published_shapes):
+    model = build_model(shaped(published_shapes["RN50"], np.random.default_rng(0)))
+    image = np.random.default_rng(1).standard_normal((2, 3, 224, 224), np.float32)
+    tokens = np.zeros((3, 77), np.int32)
+    tokens[:, 0], tokens[:, 1], tokens[:, 2] = 49406, [320, 1929, 2368], 49407
+    logits_per_image, logits_per_text = model(image, Tensor(tokens))
+    features = model.encode_image(image).asnumpy()
+    assert features.shape == (2, 1024)
+    assert logits_per_image.shape == (2, 3) and logits_per_text.shape == (3, 2)
+    assert np.isfinite(features).all() and np.isfinite(logits_per_image.asnumpy()).all()
+
+
+def test_logit_scale_of_shape_one_is_accepted(tiny):
+    weights, io = tiny
+    model = build_model({**weights, "logit_scale": weights["logit_scale"].reshape(1)})
+    assert model.logit_scale.shape == ()
+    assert (
+        np.abs(softmax(model(io["images"], Tensor(io["tokens"]))[0].asnumpy()) - io["probs"]).max()
+        <= 1e-5
+    )
+
+
+def test_not_a_clip_state_dict_names_the_missing_keys():
+    with pytest.raises(ValueError, match="not a CLIP state dict: missing .*text_projection"):
+        build_model({"fc.weight": np.zeros((2, 2), np.float32)})
+
+
+def test_missing_unexpected_and_misshapen_keys_are_listed(tiny):
+    weights, _ = tiny
+    broken = dict(weights)
+    del broken["ln_final.bias"]
+    broken["extra.weight"] = np.zeros(3, np.float32)
+    broken["transformer.resblocks.0.ln_1.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError) as error:
+        build_model(broken)
+    message = str(error.value)
+    assert "missing 1 keys: ln_final.bias" in message
+    assert "unexpected 1 keys: extra.weight" in message
+    assert "transformer.resblocks.0.ln_1.bias has shape (5,), expected (" in message
+
+
+@pytest.mark.parametrize(
+    "image, problem",
+    [
+        (np.zeros((2, 3, 32, 32), np.float32), "shape \\(2, 3, 32, 32\\)"),
+        (np.zeros((2, 64, 64, 3), np.float32), "shape \\(2, 64, 64, 3\\)"),
+        (np.zeros((64, 64), np.float32), "shape \\(64, 64\\)"),
+        (np.zeros((1, 3, 64, 64), np.uint8), "dtype uint8"),
+    ],
+)
+def test_bad_images_get_clear_errors(tiny, image, problem):
+    model = build_model(tiny[0])
+    with pytest.raises(ValueError, match=problem):
+        model.encode_image(image)
+
+
+def test_image_of_wrong_type_gets_a_clear_error(tiny):
+    with pytest.raises(TypeError, match="preprocess"):
+        build_model(tiny[0]).encode_image([[0.0]])
+
+
+@pytest.mark.parametrize(
+    "tokens, problem",
+    [
+        (np.full((1, 77), 1000, np.int32), "outside this model's vocabulary"),
+        (np.full((1, 77), -1, np.int32), "outside this model's vocabulary"),
+        (np.ones((1, 78), np.int32), "context length is 77"),
+        (np.ones((1, 77), np.float32), "integer token ids"),
+        (np.ones((0, 77), np.int32), "token ids \\(N, L\\)"),
+        (np.ones((1, 2, 77), np.int32), "token ids \\(N, L\\)"),
+    ],
+)
+def test_bad_tokens_get_clear_errors(tiny, tokens, problem):
+    model = build_model(tiny[0])
+    with pytest.raises(ValueError, match=problem):
+        model.encode_text(Tensor(tokens))
