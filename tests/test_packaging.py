@@ -1,4 +1,4 @@
-"""The repository's set-up: dependencies listed alike everywhere, CI calling the README's command."""
+"""Set-up: dependencies listed alike everywhere, CI calling the README's command."""
 
 import re
 import tomllib

@@ -127,6 +127,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise
     except Exception as err:  # whatever a damaged file makes a reader trip on: one clear error
         raise CheckpointError(f"{path}: corrupt {FORMATS[fmt]} file ({err})") from None
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors")
     convention = naming(tensors)
     tensors = canonical(tensors, path)
     dtypes = Counter(dtype_name(a) for a in tensors.values())
