@@ -28,8 +28,9 @@ def load(
     else:
         raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
     select_device(device)
+    state_dict = read_state_dict(path)
     try:
-        model = build_model(read_state_dict(path))
+        model = build_model(state_dict)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     if jit:

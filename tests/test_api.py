@@ -118,3 +118,14 @@ def test_seed_readme_example_runs_as_written(vit_b_32_ckpt, monkeypatch):
     assert abs(probs.sum() - 1) < 1e-6
     np.testing.assert_array_equal(logits_per_text.numpy(), logits_per_image.numpy().T)
     assert model.encode_image(image).shape == (1, 512)
+
+
+def test_load_of_an_unreadable_file_names_it_once(tmp_path):
+    from clip.checkpoints import CheckpointError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("not weights\n")
+    with pytest.raises(CheckpointError) as error:
+        clip.load(path)
+    assert str(error.value).count(str(path)) == 1
+    assert "is a text file" in str(error.value)

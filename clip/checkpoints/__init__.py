@@ -70,17 +70,15 @@ def _is_ckpt(head: bytes) -> bool:
     return len(tag) == 2 and tag[0] == 0x0A and 0 < tag[1] < 0x80
 
 
-def _not_a_checkpoint(path: Path, head: bytes) -> CheckpointError:
+def _text_error(path: Path, head: bytes) -> CheckpointError | None:
+    """The error for a text file (an error page, a Git LFS pointer, ...), or None if binary."""
     text = head.decode("utf-8", "ignore")
-    if b"\0" not in head and len(text) >= len(head) - 3:
-        if text.startswith("version https://git-lfs"):
-            return CheckpointError(f"{path}: is a Git LFS pointer, not weights; run `git lfs pull`")
-        first = text.strip().splitlines()[0][:60] if text.strip() else ""
-        return CheckpointError(f"{path}: is a text file ({first!r}...), not a checkpoint")
-    return CheckpointError(
-        f"{path}: unknown format (starts with {head[:16]!r}); expected a PyTorch .pt/.bin, "
-        "safetensors, MindSpore .ckpt or numpy .npz file"
-    )
+    if b"\0" in head or len(text) < len(head) - 3:  # a cut multi-byte character may end it
+        return None
+    if text.startswith("version https://git-lfs"):
+        return CheckpointError(f"{path}: is a Git LFS pointer, not weights; run `git lfs pull`")
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return CheckpointError(f"{path}: is a text file ({first!r}...), not a checkpoint")
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -113,9 +111,14 @@ def detect_format(path: str | os.PathLike) -> str:
     header = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and 0 < header <= path.stat().st_size - 8:
         return "safetensors"
+    if error := _text_error(path, head):
+        raise error
     if _is_ckpt(head):
         return "mindspore-ckpt"
-    raise _not_a_checkpoint(path, head)
+    raise CheckpointError(
+        f"{path}: unknown format (starts with {head[:16]!r}); expected a PyTorch .pt/.bin, "
+        "safetensors, MindSpore .ckpt or numpy .npz file"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

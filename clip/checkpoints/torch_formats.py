@@ -142,9 +142,9 @@ class _Unpickler(pickle.Unpickler):
         _, dtype, key, _location, _numel, *view = pid
         if not isinstance(dtype, _DType):
             raise pickle.UnpicklingError("malformed storage record")
+        self.storages[str(key)] = str(dtype)
         if view and view[0] is not None:  # legacy view of a larger storage: (key, offset, size)
             return _Storage(str(key), str(dtype), view[0][1])
-        self.storages[str(key)] = str(dtype)
         return _Storage(str(key), str(dtype))
 
 
@@ -197,12 +197,16 @@ def _declared(archive: zipfile.ZipFile, prefix: str) -> dict[str, set]:
     return declared
 
 
+def _prefix(names: list[str]) -> str | None:
+    """The top folder ('archive/', 'ViT-B-32/', ...) holding a PyTorch zip's data.pkl."""
+    pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+    return pickles[0][: -len("data.pkl")] if pickles else None
+
+
 def zip_kind(names: list[str]) -> str | None:
     """'torchscript', 'torch-zip' or None, from the entry names of a zip archive."""
-    pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
-    if not pickles:
+    if (prefix := _prefix(names)) is None:
         return None
-    prefix = pickles[0][: -len("data.pkl")]
     return "torchscript" if f"{prefix}constants.pkl" in names else "torch-zip"
 
 
@@ -210,10 +214,9 @@ def read_torch_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """State dict of a torch.save zip or of a TorchScript archive (its parameters and buffers)."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        kind = zip_kind(names)
-        prefix = next(n for n in names if n.count("/") == 1 and n.endswith("/data.pkl"))[:-8]
+        prefix = _prefix(names)
         data = io.BytesIO(archive.read(f"{prefix}data.pkl"))
-        obj = _Unpickler(data, path, torchscript=kind == "torchscript").load()
+        obj = _Unpickler(data, path, torchscript=zip_kind(names) == "torchscript").load()
         if isinstance(obj, _Record):
             tensors = dict(_module_tensors(obj, _declared(archive, prefix)))
         else:

@@ -1,0 +1,92 @@
+"""Command line: `python -m clip convert SRC DST.ckpt [--fp16]`, `python -m clip info PATH`.
+
+Each subcommand is a parser added in `build_parser` with `set_defaults(run=function)`; the function
+takes the parsed arguments. Errors about the input print one line and exit with status 1.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import FORMATS, read_checkpoint, write_ckpt
+from .model import model_config
+
+
+def convert(args: argparse.Namespace) -> None:
+    """Any readable checkpoint -> a MindSpore .ckpt under OpenAI's names."""
+    state_dict = read_checkpoint(args.src).state_dict
+    try:
+        model_config(state_dict)
+    except ValueError as err:
+        raise ValueError(f"{args.src}: {err}") from None
+    write_ckpt(state_dict, args.dst, fp16=args.fp16)
+    dtype = "float16" if args.fp16 else "stored dtypes"
+    print(f"wrote {args.dst}: {len(state_dict)} tensors, {dtype}")
+
+
+def describe(state_dict: dict) -> list[str]:
+    """Lines describing the CLIP architecture that a state dict's shapes give."""
+    config = model_config(state_dict)
+    width, layers = config["vision_width"], config["vision_layers"]
+    if config["vision_patch_size"] is None:
+        vision = f"ResNet, width {width}, layers {layers}, heads {width * 32 // 64}"
+    else:
+        patch = config["vision_patch_size"]
+        vision = f"ViT, width {width}, layers {layers}, heads {width // 64}, patch {patch}"
+    text = f"width {config['transformer_width']}, layers {config['transformer_layers']}"
+    return [
+        f"vision: {vision}",
+        f"text: transformer, {text}, heads {config['transformer_heads']}",
+        f"embed dim: {config['embed_dim']}",
+        f"resolution: {config['image_resolution']} px",
+        f"context length: {config['context_length']}, vocabulary: {config['vocab_size']}",
+    ]
+
+
+def info(args: argparse.Namespace) -> None:
+    """Print a checkpoint's format, architecture, parameter count, resolution and dtypes."""
+    checkpoint = read_checkpoint(args.path)
+    state_dict = checkpoint.state_dict
+    try:
+        architecture = describe(state_dict)
+    except ValueError as err:  # still worth showing what the file holds
+        architecture = [f"architecture: {err}"]
+    params = sum(a.size for a in state_dict.values() if np.issubdtype(a.dtype, np.floating))
+    dtypes = ", ".join(f"{name} ({n} tensors)" for name, n in checkpoint.dtypes.most_common())
+    size = Path(args.path).stat().st_size / 2**20
+    lines = [f"file: {args.path} ({size:.1f} MiB)"]
+    lines += [f"format: {FORMATS[checkpoint.format]}, {checkpoint.naming} names", *architecture]
+    lines += [f"parameters: {params:,} in {len(state_dict)} tensors", f"dtypes: {dtypes}"]
+    print("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m clip` parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m clip", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sub = commands.add_parser("convert", help=convert.__doc__, description=convert.__doc__)
+    sub.add_argument("src", help="checkpoint: .pt, .bin, .safetensors, .ckpt or .npz")
+    sub.add_argument("dst", help="MindSpore .ckpt to write")
+    sub.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    sub.set_defaults(run=convert)
+    sub = commands.add_parser("info", help=info.__doc__, description=info.__doc__)
+    sub.add_argument("path", help="checkpoint file")
+    sub.set_defaults(run=info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; 0 on success, 1 on bad input (reported in one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`python -m clip convert` and `python -m clip info`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from conftest import FIXTURES
+
+from clip.__main__ import main
+from clip.checkpoints import read_checkpoint, write_ckpt
+
+CHECKPOINTS = FIXTURES / "checkpoints"
+CANONICAL = dict(np.load(CHECKPOINTS / "canonical.npz"))
+
+
+def assert_canonical(path, dtype: str) -> None:
+    checkpoint = read_checkpoint(path)
+    assert (checkpoint.format, checkpoint.naming) == ("mindspore-ckpt", "OpenAI")
+    assert checkpoint.dtypes == {dtype: len(CANONICAL)}
+    assert sorted(checkpoint.state_dict) == sorted(CANONICAL)
+    assert all(np.array_equal(checkpoint.state_dict[k], v) for k, v in CANONICAL.items())
+
+
+@pytest.mark.parametrize("source", ["openai_jit.pt", "legacy.pt", "hf_model.safetensors"])
+def test_convert_writes_a_canonical_ckpt(tmp_path, capsys, source):
+    dst = tmp_path / "model.ckpt"
+    assert main(["convert", str(CHECKPOINTS / source), str(dst)]) == 0
+    assert capsys.readouterr().out == f"wrote {dst}: {len(CANONICAL)} tensors, stored dtypes\n"
+    assert_canonical(dst, "float16")
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_convert_keeps_float32_unless_asked_for_fp16(tmp_path, fp16):
+    src = tmp_path / "fp32.safetensors"
+    safetensors.numpy.save_file({k: v.astype(np.float32) for k, v in CANONICAL.items()}, src)
+    assert main(["convert", str(src), str(tmp_path / "out.ckpt")] + ["--fp16"] * fp16) == 0
+    assert_canonical(tmp_path / "out.ckpt", "float16" if fp16 else "float32")
+
+
+def test_convert_refuses_what_is_not_a_clip(tmp_path, capsys):
+    dst = tmp_path / "model.ckpt"
+    assert main(["convert", str(CHECKPOINTS / "bf16.pt"), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {CHECKPOINTS / 'bf16.pt'}: not a CLIP state dict: missing ")
+    assert not dst.exists()
+
+
+def test_info_describes_the_checkpoint(capsys):
+    assert main(["info", str(CHECKPOINTS / "openai_jit.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    params = sum(v.size for v in CANONICAL.values())
+    assert lines[1:] == [
+        "format: TorchScript archive (OpenAI .pt), OpenAI names",
+        "vision: ViT, width 64, layers 1, heads 1, patch 8",
+        "text: transformer, width 64, layers 1, heads 1",
+        "embed dim: 32",
+        "resolution: 24 px",
+        "context length: 32, vocabulary: 64",
+        f"parameters: {params:,} in {len(CANONICAL)} tensors",
+        f"dtypes: float16 ({len(CANONICAL)} tensors)",
+    ]
+
+
+def test_info_on_a_resnet_and_on_a_partial_file(capsys, tmp_path):
+    write_ckpt(dict(np.load(FIXTURES / "tiny_resnet_weights.npz")), tmp_path / "rn.ckpt")
+    assert main(["info", str(tmp_path / "rn.ckpt")]) == 0
+    assert "vision: ResNet, width 8, layers (1, 2, 1, 1), heads 4" in capsys.readouterr().out
+    assert main(["info", str(CHECKPOINTS / "bf16.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "architecture: not a CLIP state dict: missing positional_embedding" in out
+    assert "dtypes: bfloat16 (5 tensors)" in out
+
+
+def test_bad_input_is_one_line_on_stderr(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    assert main(["info", str(tmp_path / "notes.txt")]) == 1
+    captured = capsys.readouterr()
+    message = f"{tmp_path / 'notes.txt'}: is a text file ('hello'...), not a checkpoint"
+    assert captured.err == f"error: {message}\n"
+
+
+def test_module_entry_point():
+    def run(*args):
+        command = [sys.executable, "-m", "clip", *args]
+        return subprocess.run(command, capture_output=True, text=True, cwd=FIXTURES.parents[1])
+
+    done = run("info", str(CHECKPOINTS / "legacy.pt"))
+    assert done.returncode == 0 and "format: torch.save legacy pickle, OpenAI names" in done.stdout
+    done = run()
+    assert done.returncode == 2 and "{convert,info}" in done.stderr
