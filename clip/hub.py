@@ -26,6 +26,8 @@ _FILES = {  # name: (SHA-256, file name)
     ),
 }
 MODELS = {name: f"{_BASE}/{sha}/{file}" for name, (sha, file) in _FILES.items()}
+# Models shipped inside the package: the demo CLIP trained by workbench/demo/train.py.
+SHIPPED = {"demo": Path(__file__).resolve().parent / "weights" / "demo.ckpt"}
 
 
 def available_models() -> list[str]:

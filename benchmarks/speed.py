@@ -1,0 +1,115 @@
+"""This project against OpenAI's PyTorch CLIP on the same CPU, in one invocation: ratios.
+
+Each measurement runs in a fresh worker process (so its peak memory is its own), alternating
+between the implementations for --rounds rounds; the median time per call is kept. The reference
+runs in .venv-ref (torch, OpenAI's model.py and simple_tokenizer.py), built by `make bench`.
+Run: make bench   (or .venv/bin/python benchmarks/speed.py [--rounds N] [--quick])
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHONS = {
+    "mindspore": REPO / ".venv" / "bin" / "python",
+    "mindspore-jit": REPO / ".venv" / "bin" / "python",
+    "torch": REPO / ".venv-ref" / "bin" / "python",
+}
+WORKER = Path(__file__).resolve().parent / "speed_worker.py"
+# (group, implementations compared); each group is one worker process per implementation.
+GROUPS = {
+    "image ViT-B/32": ["mindspore", "mindspore-jit", "torch"],
+    "image RN50": ["mindspore", "mindspore-jit", "torch"],
+    "text ViT-B/32": ["mindspore", "torch"],
+    "tokenizer": ["mindspore", "torch"],
+    "load ViT-B/32 .pt": ["mindspore", "torch"],
+}
+
+
+def prepare(workdir: Path) -> None:
+    """Random fp16 weights of ViT-B/32 and RN50, a TorchScript .pt, and CIFAR-100 prompts."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_model import shaped
+
+    import clip
+    from workbench.prompts import classes
+
+    shapes = json.loads((REPO / "tests/fixtures/published_shapes.json").read_text())
+    rng = np.random.default_rng(0)
+    for name in ("ViT-B/32", "RN50"):
+        state = {k: v.astype(np.float16) for k, v in shaped(shapes[name], rng).items()}
+        np.savez(workdir / f"{name.replace('/', '-')}.npz", **state)
+    prompts = [f"a photo of a {c}." for c in classes("CIFAR100")]
+    (workdir / "prompts.json").write_text(json.dumps(prompts))
+    np.save(workdir / "tokens.npy", clip.tokenize(prompts).asnumpy())
+    script = REPO / "tests/fixtures/gen_checkpoints.py"
+    subprocess.run([PYTHONS["torch"], script, "--vit-b-32", workdir / "ViT-B-32.pt"], check=True)
+
+
+def run_worker(implementation: str, group: str, workdir: Path, quick: bool) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    command = [PYTHONS[implementation], WORKER, implementation, group, workdir]
+    done = subprocess.run(
+        command + (["--quick"] if quick else []), env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"{implementation} {group} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict) -> str:
+    lines = ["| measurement | torch | mindspore | ratio | mindspore jit | ratio |"]
+    lines.append("|---|---|---|---|---|---|")
+    for (group, case), by_impl in results.items():
+        ref = by_impl["torch"]
+        cells = [f"{group} {case}", f"{ref:.3g}"]
+        for impl in ("mindspore", "mindspore-jit"):
+            if impl in by_impl:
+                value = by_impl[impl]
+                better = value / ref if case.endswith("/s") else ref / value
+                cells += [f"{value:.3g}", f"{better:.2f}x"]
+            else:
+                cells += ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per group")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions per case")
+    parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    args = parser.parse_args()
+    if not PYTHONS["torch"].exists():
+        print(f"{PYTHONS['torch']} is missing: `make bench` builds the reference environment")
+        return 2
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prepare(workdir)
+        for group in args.groups:
+            for _ in range(args.rounds):
+                for implementation in GROUPS[group]:
+                    measured = run_worker(implementation, group, workdir, args.quick)
+                    print(f"{group:20} {implementation:14} {measured}", flush=True)
+                    for case, value in measured.items():
+                        results.setdefault((group, case), {}).setdefault(implementation, [])
+                        results[(group, case)][implementation].append(value)
+    best = {  # best of rounds: throughput max, seconds and memory min
+        key: {i: (max(v) if key[1].endswith("/s") else min(v)) for i, v in by_impl.items()}
+        for key, by_impl in results.items()
+    }
+    print("\nratio > 1: this project is better (faster, or less memory)\n")
+    print(table(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""clip-workbench: research tools built on the clip package."""
