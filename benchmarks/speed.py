@@ -2,7 +2,8 @@
 
 Each measurement runs in a fresh worker process (so its peak memory is its own), alternating
 between the implementations for --rounds rounds; the median time per call is kept. The reference
-runs in .venv-ref (torch, OpenAI's model.py and simple_tokenizer.py), built by `make bench`.
+runs in .venv-bench (torch 2.13.0 CPU, OpenAI's model.py and simple_tokenizer.py); .venv-ref writes
+the TorchScript .pt. `make bench` builds both.
 Run: make bench   (or .venv/bin/python benchmarks/speed.py [--rounds N] [--quick])
 """
 
@@ -20,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHONS = {
     "mindspore": REPO / ".venv" / "bin" / "python",
     "mindspore-jit": REPO / ".venv" / "bin" / "python",
-    "torch": REPO / ".venv-ref" / "bin" / "python",
+    "torch": REPO / ".venv-bench" / "bin" / "python",
 }
+MAKER = REPO / ".venv-ref" / "bin" / "python"  # torch 2.14 with torchvision: writes the .pt
 WORKER = Path(__file__).resolve().parent / "speed_worker.py"
 # (group, implementations compared); each group is one worker process per implementation.
 GROUPS = {
@@ -50,7 +52,7 @@ def prepare(workdir: Path) -> None:
     (workdir / "prompts.json").write_text(json.dumps(prompts))
     np.save(workdir / "tokens.npy", clip.tokenize(prompts).asnumpy())
     script = REPO / "tests/fixtures/gen_checkpoints.py"
-    subprocess.run([PYTHONS["torch"], script, "--vit-b-32", workdir / "ViT-B-32.pt"], check=True)
+    subprocess.run([MAKER, script, "--vit-b-32", workdir / "ViT-B-32.pt"], check=True)
 
 
 def run_worker(implementation: str, group: str, workdir: Path, quick: bool) -> dict:

@@ -76,8 +76,11 @@ def _avgpool(stride: int) -> nn.Cell:
     return nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
 
 
-def _attention(q, k, v, heads: int, mask=None):
-    """Scaled dot-product attention of (N, Lq, D) queries over (N, L, D) keys and values."""
+def _attention(q, k, v, heads: int, mask=None, offset=None):
+    """Scaled dot-product attention of (N, Lq, D) queries over (N, L, D) keys and values, and its
+    probabilities (N, heads, Lq, L). A given offset is added to the probabilities: with zeros the
+    numbers do not change and gradients with respect to the offset are those of the probabilities.
+    """
     n, lq, width = q.shape
     length = k.shape[1]
     head_dim = width // heads
@@ -88,11 +91,14 @@ def _attention(q, k, v, heads: int, mask=None):
     if mask is not None:
         weights = weights + mask
     weights = ops.softmax(weights, axis=-1)
-    return ops.matmul(weights, v).transpose(0, 2, 1, 3).reshape(n, lq, width)
+    if offset is not None:
+        weights = weights + offset
+    return ops.matmul(weights, v).transpose(0, 2, 1, 3).reshape(n, lq, width), weights
 
 
 class MultiheadAttention(nn.Cell):
-    """Self-attention with torch's fused in_proj (q, k, v rows in that order) and out_proj."""
+    """Self-attention with torch's fused in_proj (q, k, v rows in that order) and out_proj; returns
+    the output and the attention probabilities, as torch's does."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -102,13 +108,14 @@ class MultiheadAttention(nn.Cell):
         self.out_proj = nn.Dense(width, width)
         self.project = ops.MatMul(transpose_b=True)
 
-    def construct(self, x, mask=None):
+    def construct(self, x, mask=None, offset=None):
         n, length, width = x.shape
         qkv = ops.bias_add(
             self.project(x.reshape(-1, width), self.in_proj_weight), self.in_proj_bias
         )
         q, k, v = ops.split(qkv.reshape(n, length, 3 * width), width, axis=-1)
-        return self.out_proj(_attention(q, k, v, self.heads, mask))
+        out, probs = _attention(q, k, v, self.heads, mask, offset)
+        return self.out_proj(out), probs
 
 
 class ResidualAttentionBlock(nn.Cell):
@@ -127,9 +134,10 @@ class ResidualAttentionBlock(nn.Cell):
         )
         self.ln_2 = LayerNorm(width)
 
-    def construct(self, x, mask=None):
-        x = x + self.attn(self.ln_1(x), mask)
-        return x + self.mlp(self.ln_2(x))
+    def construct(self, x, mask=None, offset=None):
+        out, probs = self.attn(self.ln_1(x), mask, offset)
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), probs
 
 
 class Transformer(nn.Cell):
@@ -142,9 +150,17 @@ class Transformer(nn.Cell):
         self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def construct(self, x, mask=None):
-        for block in self.resblocks:
-            x = block(x, mask)
-        return x
+        return self.trace(x, mask)[0]
+
+    def trace(self, x, mask=None, offsets=None) -> tuple:
+        """The output, each block's input and each block's attention probabilities (N, heads, L, L);
+        offsets[i], when given, is added to block i's probabilities (see _attention)."""
+        inputs, probs = [], []
+        for i, block in enumerate(self.resblocks):
+            inputs.append(x)
+            x, p = block(x, mask, None if offsets is None else offsets[i])
+            probs.append(p)
+        return x, inputs, probs
 
 
 class Bottleneck(nn.Cell):
@@ -193,11 +209,15 @@ class AttentionPool2d(nn.Cell):
         self.heads = heads
 
     def construct(self, x):
+        return self.trace(x)[0]
+
+    def trace(self, x) -> tuple:
+        """The pooled features and the mean token's attention probabilities (N, heads, 1, 1+h*w)."""
         n, c = x.shape[:2]
         x = x.reshape(n, c, -1).transpose(0, 2, 1)
         x = ops.cat([x.mean(axis=1, keep_dims=True), x], axis=1) + self.positional_embedding
-        out = _attention(self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x), self.heads)
-        return self.c_proj(out[:, 0])
+        out, probs = _attention(self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x), self.heads)
+        return self.c_proj(out[:, 0]), probs
 
 
 class ModifiedResNet(nn.Cell):
@@ -230,12 +250,15 @@ class ModifiedResNet(nn.Cell):
         layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
         return nn.SequentialCell(layers)
 
-    def construct(self, x):
+    def stages(self, x):
+        """The last stage's (layer4's) activations (N, C, h, w): the input of the attention pool."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.avgpool(self.relu(self.bn3(self.conv3(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.attnpool(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def construct(self, x):
+        return self.attnpool(self.stages(x))
 
 
 class VisionTransformer(nn.Cell):
@@ -259,13 +282,16 @@ class VisionTransformer(nn.Cell):
         self.ln_post = LayerNorm(width)
         self.proj = _param(width, output_dim)
 
-    def construct(self, x):
+    def embed(self, x):
+        """The transformer's input tokens (N, 1 + grid**2, width): class token, then patches."""
         x = self.conv1(x)
         n, width = x.shape[:2]
         x = x.reshape(n, width, -1).transpose(0, 2, 1)
         cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
-        x = self.ln_pre(ops.cat([cls, x], axis=1) + self.positional_embedding)
-        x = self.transformer(x)
+        return self.ln_pre(ops.cat([cls, x], axis=1) + self.positional_embedding)
+
+    def construct(self, x):
+        x = self.transformer(self.embed(x))
         return ops.matmul(self.ln_post(x[:, 0, :]), self.proj)
 
 
@@ -340,11 +366,17 @@ class CLIP(nn.Cell):
 
     def encode_tokens(self, text, eot):
         """Text features of (N, L) token ids pooled at the given eot positions."""
+        return self.trace_tokens(text, eot)[0]
+
+    def trace_tokens(self, text, eot, offsets=None) -> tuple:
+        """encode_tokens, and the text transformer's trace: block inputs and attention
+        probabilities, with offsets as in Transformer.trace."""
         length = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:length]
-        x = self.ln_final(self.transformer(x, self.attn_mask[:length, :length]))
+        x, inputs, probs = self.transformer.trace(x, self.attn_mask[:length, :length], offsets)
+        x = self.ln_final(x)
         rows = ops.stack([ops.arange(x.shape[0], dtype=eot.dtype), eot], axis=-1)
-        return ops.matmul(ops.gather_nd(x, rows), self.text_projection)
+        return ops.matmul(ops.gather_nd(x, rows), self.text_projection), inputs, probs
 
     def encode_image(self, image) -> Tensor:
         """Image features (N, embed_dim) of preprocessed images (N, 3, H, W) or one (3, H, W)."""

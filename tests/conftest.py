@@ -29,3 +29,33 @@ def tiny(request) -> tuple[dict, dict]:
     weights = dict(np.load(FIXTURES / f"tiny_{request.param}_weights.npz"))
     io = dict(np.load(FIXTURES / f"tiny_{request.param}_io.npz"))
     return weights, io
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """The tiny random ViT CLIP (64 px) with a full 49408-token vocabulary: (model, preprocess)."""
+    import clip
+    from clip.checkpoints import write_ckpt
+
+    weights = dict(np.load(FIXTURES / "tiny_vit_weights.npz"))
+    rng = np.random.default_rng(0)
+    weights["token_embedding.weight"] = rng.normal(0, 0.02, (49408, 128)).astype(np.float16)
+    path = tmp_path_factory.mktemp("tiny_clip") / "tiny.ckpt"
+    write_ckpt(weights, path)
+    return clip.load(path)
+
+
+@pytest.fixture(scope="session")
+def cifar_shapes(tmp_path_factory) -> tuple:
+    """CIFAR-10 and CIFAR-100 binary directories written by workbench.demo.cifar from 100 distinct
+    shapes images, tiled: (root, train split, test split), splits as (images, shape, combo)."""
+    from workbench.demo import cifar, shapes
+
+    images, shape, combo = cifar.as_cifar(shapes.generate("test", 100, 0, objects=1))
+    orders = [np.arange(50000) % 100, (np.arange(10000) * 7 + 3) % 100]
+    train, test = ((images[i], shape[i], combo[i]) for i in orders)
+    root = tmp_path_factory.mktemp("cifar")
+    fine = [c.replace(" ", "_") for c in shapes.COMBOS]
+    cifar.write_cifar10(root / "cifar-10-batches-bin", train[:2], test[:2], shapes.SHAPES)
+    cifar.write_cifar100(root / "cifar-100-binary", train, test, shapes.SHAPES, fine)
+    return root, train, test
