@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .features import l2_normalize
+
 PROJECTIONS = ("pca", "tsne", "umap")
 _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
 
@@ -16,7 +18,7 @@ def _unit(features) -> np.ndarray:
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or not len(features):
         raise ValueError(f"features must be a non-empty (N, D) array, got shape {features.shape}")
-    return features / np.linalg.norm(features, axis=-1, keepdims=True)
+    return l2_normalize(features)
 
 
 def project(features, method: str = "pca", seed: int = 0) -> np.ndarray:

@@ -107,7 +107,8 @@ def _batched(encode, chunks: list, count: int, unit: str, progress: bool) -> np.
     return np.concatenate(outputs)
 
 
-def _normalized(features: np.ndarray) -> np.ndarray:
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm."""
     return features / np.linalg.norm(features, axis=-1, keepdims=True)
 
 
@@ -145,7 +146,7 @@ def image_features(
             _hash_image(digest, item)
         key = f"image-{digest.hexdigest()}"
     features = _cached(cache, key, len(items), compute)
-    return _normalized(features) if normalize else features
+    return l2_normalize(features) if normalize else features
 
 
 def text_features(
@@ -181,4 +182,4 @@ def text_features(
         digest.update(json.dumps([length, truncate, texts]).encode())
         key = f"text-{digest.hexdigest()}"
     features = _cached(cache, key, len(texts), compute)
-    return _normalized(features) if normalize else features
+    return l2_normalize(features) if normalize else features

@@ -2,12 +2,7 @@
 
 import numpy as np
 
-from .features import text_features
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+from .features import l2_normalize, text_features
 
 
 def search(queries, gallery, k: int = 5, exclude=None) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +16,8 @@ def search(queries, gallery, k: int = 5, exclude=None) -> tuple[np.ndarray, np.n
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
         raise ValueError(f"queries (Q, D) and gallery (N, D) of one width expected, got "
                          f"{queries.shape} and {gallery.shape}")  # fmt: skip
-    queries, gallery = _unit(queries), _unit(gallery)
+    queries = l2_normalize(np.asarray(queries, np.float32))
+    gallery = l2_normalize(np.asarray(gallery, np.float32))
     available = len(gallery) - (exclude is not None)
     if not 1 <= k <= available:
         raise ValueError(f"k must be between 1 and {available} (the gallery size), got {k}")

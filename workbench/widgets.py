@@ -16,7 +16,7 @@ from PIL import Image
 from . import embeddings, prompts, saliency
 from .data import ImageDataset, load_image
 from .features import image_features, text_features
-from .zeroshot import class_weights, top_k_accuracy
+from .zeroshot import class_weights, softmax, top_k_accuracy
 
 TYPED = "(typed)"
 
@@ -52,11 +52,6 @@ def _gallery(images) -> list:
     if isinstance(images, ImageDataset):
         return [images.images[i] for i in range(len(images))]
     return list(images)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _figure(size=(4.5, 4)):
@@ -236,8 +231,8 @@ class PromptLab(_Front):
             )
             self._images[self._key] = features[0]
         feature = self._images[self._key]
-        self.probs = _softmax(self.logit_scale * class_weights(embedded) @ feature)
-        self.template_probs = _softmax(self.logit_scale * embedded @ feature)
+        self.probs = softmax(self.logit_scale * class_weights(embedded) @ feature)
+        self.template_probs = softmax(self.logit_scale * embedded @ feature)
         self._draw()
 
     def _draw(self) -> None:

@@ -10,11 +10,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .features import image_features, text_features
+from .features import image_features, l2_normalize, text_features
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_k_accuracy(scores: np.ndarray, y, k: int = 1) -> float:
@@ -80,7 +83,7 @@ class ZeroShotClassifier:
         if isinstance(X, np.ndarray) and X.ndim == 2 and np.issubdtype(X.dtype, np.floating):
             if X.shape[1] != width:
                 raise ValueError(f"features have width {X.shape[1]}; this model's is {width}")
-            return _unit(X.astype(np.float32))
+            return l2_normalize(X.astype(np.float32))
         if self.preprocess is None:
             raise ValueError("to classify images pass preprocess= to ZeroShotClassifier, or pass "
                              "(N, D) image features")  # fmt: skip
@@ -94,9 +97,7 @@ class ZeroShotClassifier:
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of the logits over classes, (N, C)."""
-        logits = self.decision_function(X).astype(np.float64)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
         """The class index with the highest logit, (N,)."""
@@ -112,7 +113,7 @@ def class_weights(
 ) -> np.ndarray:
     """(C, D) class weights from (T, C, D) per-template embeddings, over the chosen templates."""
     chosen = text_embeddings if templates is None else text_embeddings[list(templates)]
-    return _unit(chosen.mean(axis=0))
+    return l2_normalize(chosen.mean(axis=0))
 
 
 def template_accuracies(classifier: ZeroShotClassifier, X, y, k: int = 1) -> dict[str, float]:
