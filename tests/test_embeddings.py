@@ -141,7 +141,6 @@ def test_modality_gap_of_a_model(tiny_clip):
     assert 0 < gap < 2
 
 
-@pytest.mark.skipif(not DEMO.exists(), reason="the demo model (issue 4) is not shipped yet")
 def test_modality_gap_of_the_demo_model():
     model, preprocess = clip.load(str(DEMO))
     samples = shapes.generate("test", 200, 0)
