@@ -29,7 +29,7 @@ WORKER = Path(__file__).resolve().parent / "speed_worker.py"
 GROUPS = {
     "image ViT-B/32": ["mindspore", "mindspore-jit", "torch"],
     "image RN50": ["mindspore", "mindspore-jit", "torch"],
-    "text ViT-B/32": ["mindspore", "torch"],
+    "text ViT-B/32": ["mindspore", "mindspore-jit", "torch"],
     "tokenizer": ["mindspore", "torch"],
     "load ViT-B/32 .pt": ["mindspore", "torch"],
 }

@@ -31,17 +31,12 @@ def per_call(function, seconds: float) -> float:
 class MindSporeCLIP:
     def __init__(self, jit: bool):
         import clip
-        from clip.checkpoints import read_state_dict
-        from clip.model import build_model
 
-        self.clip, self.read, self.build, self.jit = clip, read_state_dict, build_model, jit
+        self.clip, self.jit = clip, jit
 
     def model(self, weights: Path):
-        self.clip.device.select_device("CPU")
-        model = self.build(self.read(weights))
-        if self.jit:
-            model.compile_encoders()
-        return model
+        """clip.load, as a user calls it."""
+        return self.clip.load(weights, device="CPU", jit=self.jit)[0]
 
     def encode_image(self, model, images: np.ndarray):
         return lambda: model.encode_image(images).asnumpy()

@@ -35,7 +35,7 @@ def load(
     select_device(device)
     state_dict = read_state_dict(path)
     try:
-        model = build_model(state_dict)
+        model = build_model(state_dict, release=True)  # empties state_dict
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     if jit:

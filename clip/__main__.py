@@ -1,4 +1,4 @@
-"""Command line: `python -m clip convert SRC DST.ckpt [--fp16]`, `python -m clip info PATH`.
+"""Command line: `python -m clip predict|convert|info` (see `python -m clip -h`).
 
 Each subcommand is a parser added in `build_parser` with `set_defaults(run=function)`; the function
 takes the parsed arguments. Errors about the input print one line and exit with status 1.
@@ -9,9 +9,34 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from mindspore import Tensor
+from PIL import Image
 
+from . import load, tokenize
 from .checkpoints import FORMATS, read_checkpoint, write_ckpt
 from .model import model_config
+
+
+def predict(args: argparse.Namespace) -> None:
+    """Print the zero-shot probability of each label for an image, most likely first."""
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if len(labels) < 2:
+        raise ValueError(f'--labels needs at least two comma-separated labels, got "{args.labels}"')
+    if "{}" not in args.template:
+        raise ValueError(f'--template must contain {{}} where a label goes, got "{args.template}"')
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except OSError as err:
+        raise OSError(f"cannot read image {args.image}: {err}") from None
+    model, preprocess = load(args.model)
+    texts = [args.template.format(label) for label in labels]
+    logits, _ = model(Tensor(preprocess(image)[None]), tokenize(texts))
+    logits = logits.asnumpy()[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    width = max(map(len, labels))
+    for i in np.argsort(-probs, kind="stable"):
+        print(f"{labels[i]:<{width}}  {100 * probs[i]:5.1f}%")
 
 
 def convert(args: argparse.Namespace) -> None:
@@ -66,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The `python -m clip` parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="python -m clip", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    sub = commands.add_parser("predict", help=predict.__doc__, description=predict.__doc__)
+    sub.add_argument("image", help="image file (any format PIL reads)")
+    sub.add_argument("--labels", required=True, help='comma-separated, e.g. "a dog,a cat"')
+    sub.add_argument("--model", default="demo", help="model name or checkpoint path (demo)")
+    sub.add_argument("--template", default="a photo of a {}.", help="prompt; {} is the label")
+    sub.set_defaults(run=predict)
     sub = commands.add_parser("convert", help=convert.__doc__, description=convert.__doc__)
     sub.add_argument("src", help="checkpoint: .pt, .bin, .safetensors, .ckpt or .npz")
     sub.add_argument("dst", help="MindSpore .ckpt to write")

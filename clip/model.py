@@ -6,6 +6,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Constant, initializer
+from mindspore.nn.utils import no_init_parameters
 
 
 def _param(*shape: int, fill: float = 0.0, grad: bool = True) -> Parameter:
@@ -387,10 +388,13 @@ class CLIP(nn.Cell):
         """Text features (N, embed_dim) of token ids (N, L) or one row (L,)."""
         tokens = self._check_text(text)
         eot = tokens.argmax(axis=-1).astype(np.int32)
+        # Causal attention: positions after the last eot cannot change any eot feature. A graph
+        # compiles once per length, so it gets the length rounded up to a multiple of 8.
+        length = int(eot.max()) + 1
         if self._text_graph:
-            return self._text_graph(Tensor(tokens), Tensor(eot))
-        # Causal attention: positions after the last eot cannot change any eot feature.
-        return self.encode_tokens(Tensor(tokens[:, : int(eot.max()) + 1]), Tensor(eot))
+            length = min(-(-length // 8) * 8, tokens.shape[1])
+            return self._text_graph(Tensor(tokens[:, :length]), Tensor(eot))
+        return self.encode_tokens(Tensor(tokens[:, :length]), Tensor(eot))
 
     def construct(self, image, text):
         image_features = self.encode_image(image)
@@ -414,14 +418,14 @@ class CLIP(nn.Cell):
                 f"image has shape {tuple(image.shape)}; this model takes (N, 3, {n_px}, {n_px}) "
                 f"or (3, {n_px}, {n_px}): preprocess images with clip.load's preprocess"
             )
-        dtype = image.dtype if isinstance(image, np.ndarray) else ms.dtype_to_nptype(image.dtype)
-        if not np.issubdtype(dtype, np.floating):
+        if isinstance(image, np.ndarray):
+            image = Tensor(image)
+        if not image.is_floating_point():
             raise ValueError(
-                f"image has dtype {dtype}; a float image normalised by preprocess is expected"
+                f"image has dtype {str(image.dtype).lower()}; "
+                "a float image normalised by preprocess is expected"
             )
-        if isinstance(image, np.ndarray) or image.dtype != self.dtype:
-            image = Tensor(np.asarray(image, dtype=ms.dtype_to_nptype(self.dtype)))
-        return image
+        return image if image.dtype == self.dtype else image.astype(self.dtype)
 
     def _check_text(self, text) -> np.ndarray:
         if not isinstance(text, (Tensor, np.ndarray)):
@@ -495,9 +499,14 @@ def model_config(state_dict: dict) -> dict:
     )
 
 
-def build_model(state_dict: dict) -> CLIP:
-    """A CLIP whose architecture and float32 weights come from an OpenAI-named state dict."""
-    model = CLIP(**model_config(state_dict))
+def build_model(state_dict: dict, release: bool = False) -> CLIP:
+    """A CLIP whose architecture and float32 weights come from an OpenAI-named state dict.
+
+    release=True empties state_dict as its arrays are copied into the model, so that a caller
+    holding no other reference to them never has two copies of the weights in memory.
+    """
+    with no_init_parameters():  # placeholders take no memory: every parameter is set below
+        model = CLIP(**model_config(state_dict))
     given = {k: v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
     given = {k: v for k, v in given.items() if not k.endswith(".num_batches_tracked")}
     params = dict(model.parameters_and_names())
@@ -513,6 +522,8 @@ def build_model(state_dict: dict) -> CLIP:
             problems.append(f"{name} has shape {np.shape(given[name])}, expected {param.shape}")
     if problems:
         raise ValueError("state dict does not fit a CLIP: " + "; ".join(problems))
+    if release:
+        state_dict.clear()
     for name, param in params.items():
-        param.set_data(Tensor(np.asarray(given[name], dtype=np.float32)))
+        param.set_data(Tensor(np.asarray(given.pop(name), dtype=np.float32)))
     return model

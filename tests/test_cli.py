@@ -1,4 +1,4 @@
-"""`python -m clip convert` and `python -m clip info`."""
+"""`python -m clip predict`, `python -m clip convert` and `python -m clip info`."""
 
 import subprocess
 import sys
@@ -6,10 +6,15 @@ import sys
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import FIXTURES
+from conftest import FIXTURES, softmax
+from mindspore import Tensor
+from PIL import Image
 
+import clip
 from clip.__main__ import main
 from clip.checkpoints import read_checkpoint, write_ckpt
+from clip.hub import SHIPPED
+from workbench.demo import shapes
 
 CHECKPOINTS = FIXTURES / "checkpoints"
 CANONICAL = dict(np.load(CHECKPOINTS / "canonical.npz"))
@@ -89,4 +94,62 @@ def test_module_entry_point():
     done = run("info", str(CHECKPOINTS / "legacy.pt"))
     assert done.returncode == 0 and "format: torch.save legacy pickle, OpenAI names" in done.stdout
     done = run()
-    assert done.returncode == 2 and "{convert,info}" in done.stderr
+    assert done.returncode == 2 and "{predict,convert,info}" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def shape_image(tmp_path_factory):
+    """A test-split shapes image of one object saved as PNG, and that object's label."""
+    sample = shapes.generate("test", 1, 0, objects=1)[0]
+    path = tmp_path_factory.mktemp("predict") / "shape.png"
+    Image.fromarray(sample.image).save(path)
+    return path, sample.labels[0]
+
+
+def printed_probabilities(out: str) -> dict[str, float]:
+    """{label: percent} from predict's output lines."""
+    rows = [line.rsplit(maxsplit=1) for line in out.splitlines()]
+    return {label.strip(): float(percent.rstrip("%")) for label, percent in rows}
+
+
+def test_predict_prints_the_demo_models_probabilities(shape_image, capsys):
+    path, label = shape_image
+    assert main(["predict", str(path), "--labels", ",".join(list(shapes.SHAPES))]) == 0
+    printed = printed_probabilities(capsys.readouterr().out)
+    model, preprocess = clip.load("demo")
+    image = Tensor(preprocess(Image.open(path))[None])
+    texts = clip.tokenize([f"a photo of a {name}." for name in list(shapes.SHAPES)])
+    expected = 100 * softmax(model(image, texts)[0].asnumpy().astype(np.float64))[0]
+    assert list(printed) == [list(shapes.SHAPES)[i] for i in np.argsort(-expected, kind="stable")]
+    assert np.allclose(list(printed.values()), np.sort(expected)[::-1], atol=0.051)
+    assert next(iter(printed)) == label.shape
+
+
+def test_predict_takes_a_model_path_and_a_template(shape_image, capsys):
+    path, label = shape_image
+    args = ["predict", str(path), "--labels", f"{label.colour},black", "--template", "a {} shape"]
+    assert main([*args, "--model", str(SHIPPED["demo"])]) == 0
+    printed = printed_probabilities(capsys.readouterr().out)
+    assert list(printed) == [label.colour, "black"]
+    assert printed[label.colour] > 50 and abs(sum(printed.values()) - 100) < 0.15
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--labels", "a dog"], "--labels needs at least two comma-separated labels"),
+        (["--labels", "a,b", "--template", "a photo"], "--template must contain {}"),
+        (["--labels", "a,b", "--model", "ViT-Z/1"], "Model ViT-Z/1 not found"),
+        (["--labels", "a," + "dog " * 80], "too long for context length 77"),
+    ],
+)
+def test_predict_bad_arguments_are_one_line_errors(shape_image, capsys, args, problem):
+    assert main(["predict", str(shape_image[0]), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and problem in err and err.count("\n") == 1
+
+
+def test_predict_unreadable_image(tmp_path, capsys):
+    (tmp_path / "photo.png").write_text("not a png")
+    assert main(["predict", str(tmp_path / "photo.png"), "--labels", "a,b"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot read image {tmp_path / 'photo.png'}")

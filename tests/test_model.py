@@ -8,36 +8,12 @@ import pytest
 from conftest import FIXTURES, relative_error, softmax
 from mindspore import Tensor
 
+import clip
 from clip.model import CLIP, build_model, model_config
 
-# OpenAI's published configurations, as its build_model infers them from the weights.
-PUBLISHED = {
-    "RN50": (1024, 224, (3, 4, 6, 3), 64, None, 512, 8, 12),
-    "RN101": (512, 224, (3, 4, 23, 3), 64, None, 512, 8, 12),
-    "RN50x4": (640, 288, (4, 6, 10, 6), 80, None, 640, 10, 12),
-    "RN50x16": (768, 384, (6, 8, 18, 8), 96, None, 768, 12, 12),
-    "RN50x64": (1024, 448, (3, 15, 36, 10), 128, None, 1024, 16, 12),
-    "ViT-B/32": (512, 224, 12, 768, 32, 512, 8, 12),
-    "ViT-B/16": (512, 224, 12, 768, 16, 512, 8, 12),
-    "ViT-L/14": (768, 224, 24, 1024, 14, 768, 12, 12),
-    "ViT-L/14@336px": (768, 336, 24, 1024, 14, 768, 12, 12),
-}
-KEYS = (
-    "embed_dim",
-    "image_resolution",
-    "vision_layers",
-    "vision_width",
-    "vision_patch_size",
-    "transformer_width",
-    "transformer_heads",
-    "transformer_layers",
-)
-
-
-@pytest.fixture(scope="module")
-def published_shapes() -> dict:
-    with open(FIXTURES / "published_shapes.json") as f:
-        return json.load(f)
+with open(FIXTURES / "published_shapes.json") as f:
+    PUBLISHED = json.load(f)  # OpenAI's nine architectures: parameter shapes by name, "configs"
+CONFIGS = PUBLISHED["configs"]  # CLIP's arguments for each, written by fixtures/gen_models.py
 
 
 def shaped(shapes: dict, rng: np.random.Generator | None = None) -> dict:
@@ -77,6 +53,27 @@ def test_jit_gives_the_same_numbers(tiny):
     assert np.abs(softmax(compiled) - io["probs"]).max() <= 1e-5
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_text_runs_only_up_to_the_batchs_last_eot(tiny, jit, monkeypatch):
+    weights, io = tiny
+    model = build_model(weights)
+    if jit:
+        model.compile_encoders()
+    name = "_text_graph" if jit else "encode_tokens"
+    encode, lengths = getattr(model, name), []
+
+    def recorded(tokens, eot):
+        lengths.append(tokens.shape[1])
+        return encode(tokens, eot)
+
+    monkeypatch.setattr(model, name, recorded)
+    short = io["tokens"].argmax(-1) < 50  # the texts that leave padding at the end
+    features = model.encode_text(Tensor(io["tokens"][short])).asnumpy()
+    last = int(io["tokens"][short].argmax(-1).max()) + 1
+    assert lengths == [-(-last // 8) * 8 if jit else last]  # a graph per multiple of 8
+    assert relative_error(features, io["text_features"][short]) <= 1e-4
+
+
 def test_single_image_and_single_token_row(tiny):
     weights, io = tiny
     model = build_model(weights)
@@ -101,27 +98,30 @@ def test_model_attributes(tiny):
     assert model.logit_scale.asnumpy() == np.float32(weights["logit_scale"])
 
 
-@pytest.mark.parametrize("name", PUBLISHED)
-def test_architecture_inferred_for_published_models(name, published_shapes):
-    config = model_config(shaped(published_shapes[name]))
-    assert tuple(config[k] for k in KEYS) == PUBLISHED[name]
-    assert (config["context_length"], config["vocab_size"]) == (77, 49408)
+def test_the_nine_published_configurations_are_recorded():
+    assert list(CONFIGS) == [n for n in PUBLISHED if n != "configs"] == clip.available_models()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_architecture_inferred_for_published_models(name):
+    config = model_config(shaped(PUBLISHED[name]))
+    assert json.loads(json.dumps(config)) == CONFIGS[name]  # tuples as JSON lists
 
 
 @pytest.mark.parametrize("name", ["RN50", "RN50x4", "ViT-B/32", "ViT-B/16"])
-def test_parameter_names_and_shapes_equal_openai(name, published_shapes):
+def test_parameter_names_and_shapes_equal_openai(name):
     expected = {
         k: tuple(v)
-        for k, v in published_shapes[name].items()
+        for k, v in PUBLISHED[name].items()
         if k not in ("input_resolution", "context_length", "vocab_size")
         and not k.endswith("num_batches_tracked")
     }
-    model = CLIP(**model_config(shaped(published_shapes[name])))
+    model = CLIP(**model_config(shaped(PUBLISHED[name])))
     assert {k: tuple(p.shape) for k, p in model.parameters_and_names()} == expected
 
 
-def test_full_size_rn50_runs_end_to_end(published_shapes):
-    model = build_model(shaped(published_shapes["RN50"], np.random.default_rng(0)))
+def test_full_size_rn50_runs_end_to_end():
+    model = build_model(shaped(PUBLISHED["RN50"], np.random.default_rng(0)))
     image = np.random.default_rng(1).standard_normal((2, 3, 224, 224), np.float32)
     tokens = np.zeros((3, 77), np.int32)
     tokens[:, 0], tokens[:, 1], tokens[:, 2] = 49406, [320, 1929, 2368], 49407
