@@ -80,7 +80,7 @@ def bar_texts(page: Page, count: int) -> list[str]:
     rows = page.locator(".widget-hbox:has(> .widget-hprogress)")
     deadline = time.monotonic() + 60
     while True:
-        texts = [" ".join(row.inner_text().split()) for row in rows.all()]
+        texts = [" ".join(text.split()) for text in rows.all_inner_texts()]  # one snapshot
         drawn = [t for t in texts if PERCENT.search(t)]
         if len(drawn) == len(texts) == count or time.monotonic() > deadline:
             return texts

@@ -13,6 +13,7 @@ from functools import cache
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
+from PIL import Image
 
 import clip
 from clip.tokenizer import SimpleTokenizer
@@ -188,11 +189,14 @@ def chefer(model, image, text, start_layer: int = -1) -> np.ndarray:
 
 
 def relevance(
-    model, image, text: str, start_layer: int = -1, text_start_layer: int = -1
+    model, image, text: str, start_layer: int = -1, text_start_layer: int = 0
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Chefer et al.'s relevance for one image-text pair from one backward pass: the image map
     (as chefer), the text's word tokens, and their relevance (the eot row of the text relevance
-    without sot and eot, normalised to sum to 1)."""
+    without sot and eot, normalised to sum to 1). The text side runs over every text block by
+    default (text_start_layer=0, as in Chefer et al.'s paper): from the last block alone (-1, their
+    CLIP notebook's setting) a word's relevance is eot's clamped grad * attn on it in that block,
+    all zero when more attention to any word would lower the logit."""
     _vit(model, "relevance")
     if not isinstance(text, str):
         raise TypeError(f"text must be one string, got {type(text).__name__}")
@@ -208,8 +212,9 @@ def relevance(
     return image_map, words, scores / scores.sum() if scores.sum() > 0 else scores
 
 
-def text_relevance(model, image, text: str, start_layer: int = -1) -> tuple[list[str], np.ndarray]:
-    """The text side of relevance: word tokens and their relevance for the pair, summing to 1."""
+def text_relevance(model, image, text: str, start_layer: int = 0) -> tuple[list[str], np.ndarray]:
+    """The text side of relevance: word tokens and their relevance for the pair, summing to 1
+    (start_layer: the first text block, 0 = all, as relevance's text_start_layer)."""
     return relevance(model, image, text, text_start_layer=start_layer)[1:]
 
 
@@ -350,15 +355,16 @@ def pointing_game(
     """Share of two-object shapes test images whose heatmap maximum falls inside the mask of the
     object a caption names ('a photo of a red circle.'), per method (layers: a start layer per
     method, else heatmap's defaults); 'baseline' is the expected hit rate of a uniformly random
-    point (mean named-mask area over image area)."""
+    point (mean named-mask area over image area). Masks are resized (nearest) to the model's input
+    resolution, as preprocess resizes the square images."""
     from .demo import shapes
 
-    if model.visual.input_resolution != shapes.SIZE:
-        raise ValueError(f"the pointing game needs a {shapes.SIZE} px model (the shapes' size)")
     chosen = list(methods or available_methods(model))
     samples = shapes.generate("test", n, seed, objects=2)
     named = [i % 2 for i in range(n)]
-    masks = np.stack([s.masks[k] for s, k in zip(samples, named, strict=True)])
+    side = model.visual.input_resolution
+    masks = [Image.fromarray(s.masks[k]) for s, k in zip(samples, named, strict=True)]
+    masks = np.stack([np.asarray(m.resize((side, side), Image.Resampling.NEAREST)) for m in masks])
     captions = [
         shapes.with_articles(f"a photo of a {s.labels[k].colour} {s.labels[k].shape}.")
         for s, k in zip(samples, named, strict=True)
