@@ -109,7 +109,9 @@ def as_cifar(samples: list[shapes.Sample]) -> Split:
 def write_shapes(root: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
     """Single-object shapes as CIFAR-10 (label: shape) and CIFAR-100 (coarse: shape, fine:
     colour_shape) directories under root; test is half test split, half heldout. Takes ~20 s."""
-    train = as_cifar(shapes.generate("train", TRAIN, seed, objects=1))
+    # train: seen combinations in colour, drawn from the test split with another seed (the train
+    # split's black-and-white photos would carry colour labels that cannot be seen)
+    train = as_cifar(shapes.generate("test", TRAIN, seed + 1, objects=1))
     test = shapes.generate("test", TEST // 2, seed, objects=1)
     test = as_cifar(test + shapes.generate("heldout", TEST // 2, seed, objects=1))
     root = Path(root)

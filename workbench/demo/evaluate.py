@@ -15,6 +15,7 @@ from clip.transform import Preprocess
 from . import shapes
 
 TEMPLATE = "a photo of a {}."
+COLOUR_TEMPLATE = "a photo of a {} shape."
 
 
 def _normalised(features: Tensor) -> np.ndarray:
@@ -38,27 +39,33 @@ def classify(
 def evaluate(model: CLIP, preprocess: Preprocess, n: int = 300, seed: int = 0) -> dict[str, float]:
     """Zero-shot accuracies on n single-object test images (seen combinations) and n heldout ones.
 
-    shape and colour count both sets; combo_heldout is colour+shape on the held-out combinations,
-    chosen among all 30 combinations; combo_seen the same on the test images.
+    shape and colour are measured on test, shape_heldout and colour_heldout on heldout; combo is
+    colour+shape chosen among all combinations, on heldout (combo_heldout) and test (combo_seen).
     """
     test = shapes.generate("test", n, seed, objects=1)
     heldout = shapes.generate("heldout", n, seed, objects=1)
-    both = test + heldout
 
     def accuracy(samples, classes, template, name):
         predicted = classify(model, preprocess, [s.image for s in samples], classes, template)
         truth = [classes.index(name(s.labels[0])) for s in samples]
         return float(np.mean(predicted == truth))
 
-    def combo(label):
-        return f"{label.colour} {label.shape}"
+    def shape(samples):
+        return accuracy(samples, list(shapes.SHAPES), TEMPLATE, lambda o: o.shape)
 
-    colours = list(shapes.COLOURS)
+    def colour(samples):
+        return accuracy(samples, list(shapes.COLOURS), COLOUR_TEMPLATE, lambda o: o.colour)
+
+    def combo(samples):
+        return accuracy(samples, list(shapes.COMBOS), TEMPLATE, lambda o: f"{o.colour} {o.shape}")
+
     return {
-        "shape": accuracy(both, list(shapes.SHAPES), TEMPLATE, lambda o: o.shape),
-        "colour": accuracy(both, colours, "a photo of a {} shape.", lambda o: o.colour),
-        "combo_heldout": accuracy(heldout, list(shapes.COMBOS), TEMPLATE, combo),
-        "combo_seen": accuracy(test, list(shapes.COMBOS), TEMPLATE, combo),
+        "shape": shape(test),
+        "colour": colour(test),
+        "shape_heldout": shape(heldout),
+        "colour_heldout": colour(heldout),
+        "combo_seen": combo(test),
+        "combo_heldout": combo(heldout),
     }
 
 

@@ -1,4 +1,11 @@
-"""Synthetic captioned shapes: 64x64 RGB images of one or two coloured shapes, labels and masks."""
+"""Synthetic captioned shapes: 64x64 RGB images of one or two coloured shapes, labels and masks.
+
+Black-and-white train photos, whose captions name shapes but no colours, are what lets a small CLIP
+recognise a shape in a colour it never saw it in: most colour photos name their colours, so "a photo
+of a circle." is learnt mostly from no particular colour. Dark or light backgrounds keep objects
+apart from them in brightness as well as in hue, so shapes learnt in black and white are seen in
+colour too.
+"""
 
 import math
 import re
@@ -32,12 +39,14 @@ HELD_OUT = (
 COMBOS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # "red circle", ...
 SEEN = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT)
 SPLITS = ("train", "test", "heldout")
+GREYSCALE = 0.5  # chance that a train image, if its objects stay legible, turns black and white
 _PAIRS = (("left", "right"), ("top", "bottom"))  # two objects sit opposite and never touch
 _JITTER = 2
 _PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
             "bottom": "at the bottom", "centre": "in the centre"}  # fmt: skip
 _BACKGROUND_WORDS = {"flat": "plain", "gradient": "gradient", "noise": "noisy"}
-_SINGLE = (  # half name both colour and shape, half only one of them
+_DARK, _LIGHT = (10.0, 35.0), (215.0, 245.0)  # background brightness bands
+_SINGLE = (  # colour photos: most name colour and shape, some only one of them
     "a {colour} {shape}",
     "a photo of a {colour} {shape}.",
     "a {size} {colour} {shape}",
@@ -46,14 +55,20 @@ _SINGLE = (  # half name both colour and shape, half only one of them
     "there is a {colour} {shape} {position}",
     "a {size} {colour} {shape} on a {background} background",
     "a {shape} coloured {colour}",
+    "a photo of a {colour} shape.",
+    "a photo of a {shape}.",
+    "a {size} {shape} {position}",
+    "something {colour} {position}",
+    "a {size} {colour} shape",
+    "a {colour} shape {position}",
+)
+_GREY_SINGLE = (  # black-and-white photos name no colour
+    "a black and white photo of a {shape}.",
     "a photo of a {shape}.",
     "a {shape}",
     "a {size} {shape} {position}",
     "a {shape} on a {background} background",
-    "a photo of a {colour} shape.",
-    "something {colour} {position}",
-    "a {size} {colour} shape",
-    "a {colour} shape {position}",
+    "a {size} {shape}",
 )
 _DOUBLE = (
     "a {a} and a {b}",
@@ -61,6 +76,7 @@ _DOUBLE = (
     "a {a} {pa} and a {b} {pb}",
     "two shapes: a {a} and a {b}",
 )
+_GREY_DOUBLE = "a black and white photo of a {a} and a {b}."
 
 
 @dataclass(frozen=True)
@@ -75,13 +91,17 @@ class Label:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image (64, 64, 3) uint8, its caption, a label and a boolean mask (64, 64) per object."""
+    """One image (64, 64, 3) uint8, its caption, a label and a boolean mask (64, 64) per object.
+
+    A greyscale image's labels keep the colour each object was drawn in; its caption names none.
+    """
 
     image: np.ndarray
     caption: str
     labels: tuple[Label, ...]
     masks: np.ndarray
     background: str
+    greyscale: bool
 
 
 def with_articles(text: str) -> str:
@@ -117,8 +137,10 @@ def _mask(label: Label, rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
-    def tone():  # muted, so that no object colour is lost against it
-        return rng.uniform(60, 200) + rng.uniform(-15, 15, 3)
+    band = _DARK if rng.random() < 0.5 else _LIGHT
+
+    def tone():
+        return rng.uniform(*band) + rng.uniform(-20, 20, 3)
 
     if kind == "flat":
         return np.broadcast_to(tone(), (SIZE, SIZE, 3))
@@ -130,26 +152,34 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
     return tone() + rng.normal(0, 18, (SIZE, SIZE, 3))
 
 
-def _caption(labels: tuple[Label, ...], background: str, rng: np.random.Generator) -> str:
+def _caption(
+    labels: tuple[Label, ...], background: str, greyscale: bool, rng: np.random.Generator
+) -> str:
     def words(label: Label) -> dict:
         position, ground = _PHRASES[label.position], _BACKGROUND_WORDS[background]
         return dict(vars(label), position=position, background=ground)
 
     if len(labels) == 1:
-        return with_articles(_SINGLE[rng.integers(len(_SINGLE))].format(**words(labels[0])))
+        templates = _GREY_SINGLE if greyscale else _SINGLE
+        return with_articles(templates[rng.integers(len(templates))].format(**words(labels[0])))
     phrase = "{size} {colour} {shape}" if rng.random() < 0.5 else "{colour} {shape}"
+    templates = _DOUBLE
+    if greyscale:
+        phrase, templates = phrase.replace("{colour} ", ""), [*_DOUBLE, _GREY_DOUBLE]
     a, b = labels if rng.random() < 0.5 else labels[::-1]
-    return with_articles(_DOUBLE[rng.integers(len(_DOUBLE))].format(
-        a=phrase.format(**words(a)), b=phrase.format(**words(b)),
-        pa=_PHRASES[a.position], pb=_PHRASES[b.position],
-    ))  # fmt: skip
+    template = templates[rng.integers(len(templates))]
+    a_words, b_words = phrase.format(**words(a)), phrase.format(**words(b))
+    return with_articles(
+        template.format(a=a_words, b=b_words, pa=_PHRASES[a.position], pb=_PHRASES[b.position])
+    )
 
 
 def sample(split: str, index: int, seed: int = 0, objects: int | None = None) -> Sample:
     """The index-th sample of a split; the same (split, index, seed, objects) gives the same one.
 
     train and test hold only SEEN colour-shape combinations; in heldout the first object is one of
-    HELD_OUT. objects (1 or 2) fixes the object count, else it is drawn (heldout: always 1).
+    HELD_OUT. objects (1 or 2) fixes the object count, else it is drawn (heldout: always 1). Only
+    train holds greyscale photos.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -174,10 +204,17 @@ def sample(split: str, index: int, seed: int = 0, objects: int | None = None) ->
     image = _background(background, rng)
     masks = np.stack([_mask(label, rng) for label in labels])
     image = np.clip(image, 0, 255).round().astype(np.uint8)
+    ground = image.mean(-1)
     for label, mask in zip(labels, masks, strict=True):
-        jitter = rng.integers(-20, 21, 3)
-        image[mask] = np.clip(np.add(COLOURS[label.colour], jitter), 0, 255)
-    return Sample(image, _caption(labels, background, rng), labels, masks, background)
+        colour = np.add(COLOURS[label.colour], rng.integers(-20, 21, 3)) * rng.uniform(0.75, 1.1)
+        image[mask] = np.clip(colour, 0, 255).round()
+    grey = image.mean(-1)  # black and white only where every object still stands out
+    visible = all(abs(grey[m].mean() - ground[m].mean()) >= 30 for m in masks)
+    greyscale = split == "train" and bool(rng.random() < GREYSCALE) and visible
+    if greyscale:
+        image[:] = grey.round().astype(np.uint8)[..., None]
+    caption = _caption(labels, background, greyscale, rng)
+    return Sample(image, caption, labels, masks, background, greyscale)
 
 
 def generate(

@@ -1,10 +1,9 @@
 """Train the demo CLIP on synthetic shapes: symmetric InfoNCE, AdamW, warm-up + cosine, clipping.
 
-python -m workbench.demo.train --seed 0 --out clip/weights/demo.ckpt
+The shipped model: python -m workbench.demo.train --seed 0 --steps 1150 --out clip/weights/demo.ckpt
 """
 
 import argparse
-import collections
 import math
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from clip import tokenize
 from clip.checkpoints import write_ckpt
@@ -24,7 +23,7 @@ from .evaluate import evaluate
 
 # The real BPE vocabulary and context: clip.load reads the result like any OpenAI checkpoint.
 DEMO = dict(embed_dim=64, image_resolution=shapes.SIZE, vision_layers=4, vision_width=128,
-            vision_patch_size=16, context_length=77, vocab_size=49408, transformer_width=64,
+            vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=64,
             transformer_heads=1, transformer_layers=3)  # fmt: skip
 TEXT_LENGTH = 32  # every caption fits; causal attention makes the padding beyond eot irrelevant
 MAX_LOGIT_SCALE = math.log(100)
@@ -102,32 +101,17 @@ def schedule(lr: float, steps: int, warmup: int) -> list[float]:
 
 
 class Batches:
-    """Batches of consecutive train samples, regrouped so that each batch shows only a few colours.
+    """Preprocessed images, token ids and eot positions of consecutive train samples."""
 
-    Colour alone then tells few pairs apart, so the loss rewards learning shape from the start.
-    """
-
-    def __init__(self, seed: int, batch_size: int, colours: int = 2):
-        if batch_size % colours:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of colours {colours}")
-        self.seed, self.batch_size, self.colours = seed, batch_size, colours
-        self.rng = np.random.default_rng([seed, 1])
-        self.queues = {colour: collections.deque() for colour in shapes.COLOURS}
-        self.generated = 0
+    def __init__(self, seed: int, batch_size: int):
+        self.seed, self.batch_size, self.taken = seed, batch_size, 0
         self.preprocess = transform(shapes.SIZE)
         self.tokens: dict[str, np.ndarray] = {}
 
-    def _take(self, colour: str, n: int) -> list[shapes.Sample]:
-        while len(self.queues[colour]) < n:
-            for s in shapes.generate("train", 64, self.seed, start=self.generated):
-                self.queues[s.labels[0].colour].append(s)
-            self.generated += 64
-        return [self.queues[colour].popleft() for _ in range(n)]
-
     def __call__(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The next batch: preprocessed images, token ids (N, TEXT_LENGTH), eot positions."""
-        chosen = self.rng.choice(list(shapes.COLOURS), self.colours, replace=False)
-        samples = [s for c in chosen for s in self._take(c, self.batch_size // self.colours)]
+        """The next batch: images (N, 3, 64, 64), token ids (N, TEXT_LENGTH), eot positions (N,)."""
+        samples = shapes.generate("train", self.batch_size, self.seed, start=self.taken)
+        self.taken += self.batch_size
         captions = [s.caption for s in samples]
         if new := sorted({c for c in captions if c not in self.tokens}):
             self.tokens.update(zip(new, tokenize(new).asnumpy(), strict=True))
@@ -141,13 +125,12 @@ class Batches:
 
 def train(
     seed: int = 0,
-    steps: int = 1000,
+    steps: int = 1150,
     batch_size: int = 128,
     lr: float = 1e-3,
     warmup: int = 100,
     weight_decay: float = 0.1,
     clip_norm: float = 1.0,
-    colours: int = 2,
     config: dict | None = None,
     jit: bool = True,
     progress: bool = True,
@@ -178,7 +161,7 @@ def train(
         return loss, hits.mean()
 
     step = ms.jit(step) if jit else step
-    batches = Batches(seed, batch_size, colours)
+    batches = Batches(seed, batch_size)
     losses = []
     bar = tqdm(range(steps), desc="train", disable=not progress)
     for i in bar:
@@ -200,18 +183,17 @@ def save(model: CLIP, path: str | Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1150, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--colours", type=int, default=2, help="colours per batch")
     parser.add_argument("--out", default="clip/weights/demo.ckpt")
     parser.add_argument("--no-jit", action="store_true", help="run eagerly (PyNative)")
     args = parser.parse_args(argv)
     ms.runtime.launch_blocking()  # the default busy-waiting threads leave kernels one core
     start = time.perf_counter()
     model, losses = train(args.seed, args.steps, args.batch_size, args.lr, args.warmup,
-                          colours=args.colours, jit=not args.no_jit)  # fmt: skip
+                          jit=not args.no_jit)  # fmt: skip
     save(model, args.out)
     print(f"trained {args.steps} steps in {time.perf_counter() - start:.0f} s, "
           f"final loss {np.mean(losses[-20:]):.3f}; wrote {args.out}")  # fmt: skip
