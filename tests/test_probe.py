@@ -61,11 +61,14 @@ def test_seed_linear_probe_flow_on_cifar100_format_data(tiny_clip, cifar_shapes)
     x = image_features(model, preprocess, train, progress=False)
     xt = image_features(model, preprocess, test, progress=False)
     same = (7 * np.arange(100) + 3) % 100  # conftest tiles 100 images: test j is train same[j]
-    for probe in (LinearProbe(C=SEED_C), LinearProbe()):
-        probe.fit(x, train.labels)
+    scores = {}
+    for C in (SEED_C, None):
+        probe = LinearProbe(C=C).fit(x, train.labels)
         np.testing.assert_array_equal(probe.predict(xt), probe.predict(x[same]))
-        assert probe.score(xt, test.labels) == np.mean(probe.predict(xt) == test.labels)
-    assert probe.score(xt, test.labels) >= 0.85  # searched C; the seed's 0.316 underfits this model
+        scores[C] = probe.score(xt, test.labels)
+        assert scores[C] == np.mean(probe.predict(xt) == test.labels)
+    # a random model's features need a large C: the search finds one, the seed's 0.316 underfits
+    assert scores[None] >= 0.7 and scores[None] > 2 * scores[SEED_C], scores  # chance: 0.2
 
 
 def test_bad_use_is_named():

@@ -1,10 +1,10 @@
 """Synthetic captioned shapes: 64x64 RGB images of one or two coloured shapes, labels and masks.
 
-Black-and-white train photos, whose captions name shapes but no colours, are what lets a small CLIP
-recognise a shape in a colour it never saw it in: most colour photos name their colours, so "a photo
-of a circle." is learnt mostly from no particular colour. Dark or light backgrounds keep objects
-apart from them in brightness as well as in hue, so shapes learnt in black and white are seen in
-colour too.
+Black-and-white train photos, whose captions name shapes but no colours, and colour photos captioned
+with the shape alone only in COMPLETE colours are what lets a small CLIP recognise a shape in a
+colour it never saw it in: "a photo of a circle." learns of no colour that circles lack. Dark or
+light backgrounds keep objects apart from them in brightness as well as in hue, so shapes learnt in
+black and white are seen in colour too.
 """
 
 import math
@@ -31,11 +31,11 @@ POSITIONS = {
     "left": (15, 32), "right": (49, 32), "top": (32, 15), "bottom": (32, 49), "centre": (32, 32)
 }  # fmt: skip
 BACKGROUNDS = ("flat", "gradient", "noise")
-# Colour-shape combinations that never occur in the train split, one per colour.
-HELD_OUT = (
-    ("red", "triangle"), ("orange", "circle"), ("yellow", "star"), ("green", "cross"),
-    ("cyan", "square"), ("blue", "star"), ("purple", "circle"), ("pink", "triangle"),
-)  # fmt: skip
+# Colour-shape combinations that never occur in the train split: four colours lose a shape each.
+HELD_OUT = (("red", "triangle"), ("orange", "circle"), ("yellow", "star"), ("green", "cross"))
+# Colours seen with every shape. Only their colour photos have captions that name the shape alone,
+# so that "a photo of a cross." learns of no colour that crosses lack.
+COMPLETE = tuple(c for c in COLOURS if c not in {colour for colour, _ in HELD_OUT})
 COMBOS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # "red circle", ...
 SEEN = tuple((c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT)
 SPLITS = ("train", "test", "heldout")
@@ -46,7 +46,7 @@ _PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
             "bottom": "at the bottom", "centre": "in the centre"}  # fmt: skip
 _BACKGROUND_WORDS = {"flat": "plain", "gradient": "gradient", "noise": "noisy"}
 _DARK, _LIGHT = (10.0, 35.0), (215.0, 245.0)  # background brightness bands
-_SINGLE = (  # colour photos: most name colour and shape, some only one of them
+_SINGLE = (  # colour photos: most name colour and shape, some only the colour
     "a {colour} {shape}",
     "a photo of a {colour} {shape}.",
     "a {size} {colour} {shape}",
@@ -56,20 +56,18 @@ _SINGLE = (  # colour photos: most name colour and shape, some only one of them
     "a {size} {colour} {shape} on a {background} background",
     "a {shape} coloured {colour}",
     "a photo of a {colour} shape.",
-    "a photo of a {shape}.",
-    "a {size} {shape} {position}",
     "something {colour} {position}",
     "a {size} {colour} shape",
     "a {colour} shape {position}",
 )
-_GREY_SINGLE = (  # black-and-white photos name no colour
-    "a black and white photo of a {shape}.",
+_SHAPE_ONLY = (  # black-and-white photos, and colour photos of COMPLETE colours
     "a photo of a {shape}.",
     "a {shape}",
     "a {size} {shape} {position}",
     "a {shape} on a {background} background",
     "a {size} {shape}",
 )
+_GREY_SINGLE = ("a black and white photo of a {shape}.", *_SHAPE_ONLY)
 _DOUBLE = (
     "a {a} and a {b}",
     "a photo of a {a} and a {b}.",
@@ -161,6 +159,8 @@ def _caption(
 
     if len(labels) == 1:
         templates = _GREY_SINGLE if greyscale else _SINGLE
+        if not greyscale and labels[0].colour in COMPLETE:
+            templates += _SHAPE_ONLY
         return with_articles(templates[rng.integers(len(templates))].format(**words(labels[0])))
     phrase = "{size} {colour} {shape}" if rng.random() < 0.5 else "{colour} {shape}"
     templates = _DOUBLE
