@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 from PIL import Image
 
 from . import load, tokenize
@@ -31,9 +31,7 @@ def predict(args: argparse.Namespace) -> None:
     model, preprocess = load(args.model)
     texts = [args.template.format(label) for label in labels]
     logits, _ = model(Tensor(preprocess(image)[None]), tokenize(texts))
-    logits = logits.asnumpy()[0].astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    probs = ops.softmax(logits, axis=-1).asnumpy()[0]
     width = max(map(len, labels))
     for i in np.argsort(-probs, kind="stable"):
         print(f"{labels[i]:<{width}}  {100 * probs[i]:5.1f}%")

@@ -6,34 +6,26 @@ python -m workbench.demo.evaluate --model clip/weights/demo.ckpt
 import argparse
 
 import numpy as np
-from mindspore import Tensor
 
 import clip
 from clip.model import CLIP
 from clip.transform import Preprocess
 
+from ..features import image_features, l2_normalize
 from . import shapes
 
 TEMPLATE = "a photo of a {}."
 COLOUR_TEMPLATE = "a photo of a {} shape."
 
 
-def _normalised(features: Tensor) -> np.ndarray:
-    features = features.asnumpy().astype(np.float64)
-    return features / np.linalg.norm(features, axis=-1, keepdims=True)
+def _unit(features: np.ndarray) -> np.ndarray:
+    return l2_normalize(features.astype(np.float64))
 
 
-def classify(
-    model: CLIP, preprocess: Preprocess, images: list[np.ndarray], classes: list[str], template: str
-) -> np.ndarray:
-    """Index of the best-matching class prompt for each HWC uint8 image."""
+def classify(image: np.ndarray, model: CLIP, classes: list[str], template: str) -> np.ndarray:
+    """Index of the best-matching class prompt for each row of unit image features."""
     prompts = [shapes.with_articles(template.format(c)) for c in classes]
-    text = _normalised(model.encode_text(clip.tokenize(prompts)))
-    batches = (
-        np.stack([preprocess(i) for i in images[k : k + 100]]) for k in range(0, len(images), 100)
-    )
-    image = np.concatenate([_normalised(model.encode_image(Tensor(b))) for b in batches])
-    return (image @ text.T).argmax(-1)
+    return (image @ _unit(model.encode_text(clip.tokenize(prompts)).asnumpy()).T).argmax(-1)
 
 
 def evaluate(model: CLIP, preprocess: Preprocess, n: int = 300, seed: int = 0) -> dict[str, float]:
@@ -42,30 +34,33 @@ def evaluate(model: CLIP, preprocess: Preprocess, n: int = 300, seed: int = 0) -
     shape and colour are measured on test, shape_heldout and colour_heldout on heldout; combo is
     colour+shape chosen among all combinations, on heldout (combo_heldout) and test (combo_seen).
     """
-    test = shapes.generate("test", n, seed, objects=1)
-    heldout = shapes.generate("heldout", n, seed, objects=1)
+    samples = {split: shapes.generate(split, n, seed, objects=1) for split in ("test", "heldout")}
+    image = {  # each split encoded once, for all three tasks
+        split: _unit(image_features(model, preprocess, [s.image for s in ss], 100, progress=False))
+        for split, ss in samples.items()
+    }
 
-    def accuracy(samples, classes, template, name):
-        predicted = classify(model, preprocess, [s.image for s in samples], classes, template)
-        truth = [classes.index(name(s.labels[0])) for s in samples]
+    def accuracy(split, classes, template, name):
+        predicted = classify(image[split], model, classes, template)
+        truth = [classes.index(name(s.labels[0])) for s in samples[split]]
         return float(np.mean(predicted == truth))
 
-    def shape(samples):
-        return accuracy(samples, list(shapes.SHAPES), TEMPLATE, lambda o: o.shape)
+    def shape(split):
+        return accuracy(split, list(shapes.SHAPES), TEMPLATE, lambda o: o.shape)
 
-    def colour(samples):
-        return accuracy(samples, list(shapes.COLOURS), COLOUR_TEMPLATE, lambda o: o.colour)
+    def colour(split):
+        return accuracy(split, list(shapes.COLOURS), COLOUR_TEMPLATE, lambda o: o.colour)
 
-    def combo(samples):
-        return accuracy(samples, list(shapes.COMBOS), TEMPLATE, lambda o: f"{o.colour} {o.shape}")
+    def combo(split):
+        return accuracy(split, list(shapes.COMBOS), TEMPLATE, lambda o: f"{o.colour} {o.shape}")
 
     return {
-        "shape": shape(test),
-        "colour": colour(test),
-        "shape_heldout": shape(heldout),
-        "colour_heldout": colour(heldout),
-        "combo_seen": combo(test),
-        "combo_heldout": combo(heldout),
+        "shape": shape("test"),
+        "colour": colour("test"),
+        "shape_heldout": shape("heldout"),
+        "colour_heldout": colour("heldout"),
+        "combo_seen": combo("test"),
+        "combo_heldout": combo("heldout"),
     }
 
 
