@@ -151,7 +151,9 @@ class Transformer(nn.Cell):
         self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def construct(self, x, mask=None):
-        return self.trace(x, mask)[0]
+        for block in self.resblocks:  # not trace: its lists would hold every block's tensors
+            x = block(x, mask)[0]
+        return x
 
     def trace(self, x, mask=None, offsets=None) -> tuple:
         """The output, each block's input and each block's attention probabilities (N, heads, L, L);
