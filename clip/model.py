@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Constant, initializer
 from mindspore.nn.utils import no_init_parameters
 
@@ -50,7 +50,7 @@ class Conv2d(nn.Cell):
     """Bias-free convolution with torch's weight layout and padding.
 
     MindSpore's CPU kernel is 40-100x slower than a matmul for k > 1 here, so non-1x1 kernels run
-    as one matmul: on non-overlapping patches when stride == kernel, else on unfolded columns.
+    as one matmul on unfolded columns.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
@@ -65,36 +65,73 @@ class Conv2d(nn.Cell):
             return ops.conv2d(x, self.weight)
         weight = self.weight.reshape(self.weight.shape[0], -1)
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        if k == s and p == 0:
-            x = x[:, :, : h_out * k, : w_out * k].reshape(n, c, h_out, k, w_out, k)
-            patches = x.transpose(0, 2, 4, 1, 3, 5).reshape(n, h_out * w_out, c * k * k)
-            return ops.matmul(patches, weight.T).transpose(0, 2, 1).reshape(n, -1, h_out, w_out)
         columns = ops.unfold(x, kernel_size=k, padding=p, stride=s)
         return ops.matmul(weight, columns).reshape(n, -1, h_out, w_out)
+
+
+class PatchEmbedding(nn.Cell):
+    """The ViT's stride = kernel convolution (torch's Conv2d weight) straight to tokens
+    (N, grid**2, width): one 2-D matmul on the patches, no broadcast weight, no NCHW round trip.
+    mint.permute, because a graph-mode Transpose keeps an 8-byte index per element."""
+
+    def __init__(self, width: int, patch_size: int):
+        super().__init__()
+        self.weight = _param(width, 3, patch_size, patch_size)
+        self.project = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        n, c, h, w = x.shape
+        k = self.weight.shape[-1]
+        x = mint.permute(x.reshape(n, c, h // k, k, w // k, k), (0, 2, 4, 1, 3, 5))
+        patches = x.reshape(n * (h // k) * (w // k), c * k * k)
+        return self.project(patches, self.weight.reshape(self.weight.shape[0], -1)).reshape(
+            n, (h // k) * (w // k), -1
+        )
 
 
 def _avgpool(stride: int) -> nn.Cell:
     return nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
 
 
-def _attention(q, k, v, heads: int, mask=None, offset=None):
-    """Scaled dot-product attention of (N, Lq, D) queries over (N, L, D) keys and values, and its
-    probabilities (N, heads, Lq, L). A given offset is added to the probabilities: with zeros the
-    numbers do not change and gradients with respect to the offset are those of the probabilities.
-    """
-    n, lq, width = q.shape
-    length = k.shape[1]
-    head_dim = width // heads
-    q = q.reshape(n, lq, heads, head_dim).transpose(0, 2, 1, 3) * head_dim**-0.5
-    k = k.reshape(n, length, heads, head_dim).transpose(0, 2, 3, 1)
-    v = v.reshape(n, length, heads, head_dim).transpose(0, 2, 1, 3)
-    weights = ops.matmul(q, k)
+PER_HEAD_TOKENS = 256  # from this many query tokens in a batch, attention runs head by head
+_scores = ops.BatchMatMul(transpose_b=True)
+
+
+def _probabilities(weights, mask, offset):
     if mask is not None:
         weights = weights + mask
     weights = ops.softmax(weights, axis=-1)
-    if offset is not None:
-        weights = weights + offset
-    return ops.matmul(weights, v).transpose(0, 2, 1, 3).reshape(n, lq, width), weights
+    return weights if offset is None else weights + offset
+
+
+def _attention(q, k, v, heads: int, mask=None, offset=None):
+    """Scaled dot-product attention of (N, Lq, D) queries over (N, L, D) keys and values, and its
+    probabilities (N, heads, Lq, L); mask is (N, Lq, L). A given offset is added to the
+    probabilities: with zeros the numbers do not change and gradients with respect to the offset
+    are those of the probabilities.
+
+    Under PER_HEAD_TOKENS query tokens all heads run at once (fewer kernels); from there a head
+    (column slice) at a time, without transposes: they are slow on the CPU and keep an 8-byte index
+    per element in graph mode.
+    """
+    n, lq, width = q.shape
+    head_dim = width // heads
+    if n * lq < PER_HEAD_TOKENS:
+        length = k.shape[1]
+        q = q.reshape(n, lq, heads, head_dim).transpose(0, 2, 1, 3) * head_dim**-0.5
+        k = k.reshape(n, length, heads, head_dim).transpose(0, 2, 3, 1)
+        v = v.reshape(n, length, heads, head_dim).transpose(0, 2, 1, 3)
+        mask = None if mask is None else mask[:, None]
+        weights = _probabilities(ops.matmul(q, k), mask, offset)
+        return ops.matmul(weights, v).transpose(0, 2, 1, 3).reshape(n, lq, width), weights
+    outputs, probs = [], []
+    for h in range(heads):
+        head = slice(h * head_dim, (h + 1) * head_dim)
+        weights = _scores(q[:, :, head] * head_dim**-0.5, k[:, :, head])
+        weights = _probabilities(weights, mask, None if offset is None else offset[:, h])
+        probs.append(weights)
+        outputs.append(ops.matmul(weights, v[:, :, head]))
+    return ops.cat(outputs, axis=-1), ops.stack(probs, axis=1)
 
 
 class MultiheadAttention(nn.Cell):
@@ -141,6 +178,12 @@ class ResidualAttentionBlock(nn.Cell):
         return x + self.mlp(self.ln_2(x)), probs
 
 
+def _batch_mask(x, mask):
+    """The (L, L) mask broadcast once to (N, L, L): in graph mode a broadcasting add keeps an index
+    table per node and is 5x slower than an add of equal shapes."""
+    return None if mask is None else ops.broadcast_to(mask, (x.shape[0], *mask.shape))
+
+
 class Transformer(nn.Cell):
     """A stack of residual attention blocks on batch-first (N, L, D) inputs."""
 
@@ -151,6 +194,7 @@ class Transformer(nn.Cell):
         self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
     def construct(self, x, mask=None):
+        mask = _batch_mask(x, mask)
         for block in self.resblocks:  # not trace: its lists would hold every block's tensors
             x = block(x, mask)[0]
         return x
@@ -158,6 +202,7 @@ class Transformer(nn.Cell):
     def trace(self, x, mask=None, offsets=None) -> tuple:
         """The output, each block's input and each block's attention probabilities (N, heads, L, L);
         offsets[i], when given, is added to block i's probabilities (see _attention)."""
+        mask = _batch_mask(x, mask)
         inputs, probs = [], []
         for i, block in enumerate(self.resblocks):
             inputs.append(x)
@@ -277,7 +322,7 @@ class VisionTransformer(nn.Cell):
         super().__init__()
         self.input_resolution = input_resolution
         self.output_dim = output_dim
-        self.conv1 = Conv2d(3, width, patch_size, stride=patch_size)
+        self.conv1 = PatchEmbedding(width, patch_size)
         self.class_embedding = _param(width)
         self.positional_embedding = _param((input_resolution // patch_size) ** 2 + 1, width)
         self.ln_pre = LayerNorm(width)
@@ -288,8 +333,7 @@ class VisionTransformer(nn.Cell):
     def embed(self, x):
         """The transformer's input tokens (N, 1 + grid**2, width): class token, then patches."""
         x = self.conv1(x)
-        n, width = x.shape[:2]
-        x = x.reshape(n, width, -1).transpose(0, 2, 1)
+        n, _, width = x.shape
         cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
         return self.ln_pre(ops.cat([cls, x], axis=1) + self.positional_embedding)
 

@@ -59,3 +59,10 @@ def cifar_shapes(tmp_path_factory) -> tuple:
     cifar.write_cifar10(root / "cifar-10-batches-bin", train[:2], test[:2], shapes.SHAPES)
     cifar.write_cifar100(root / "cifar-100-binary", train, test, shapes.SHAPES, fine)
     return root, train, test
+
+
+@pytest.fixture(params=["all heads at once", "head by head"])
+def attention(request, monkeypatch):
+    """Each of the two ways _attention runs: all heads at once (small batches) or head by head."""
+    every = request.param.startswith("all")
+    monkeypatch.setattr("clip.model.PER_HEAD_TOKENS", 10**9 if every else 0)

@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
 from matplotlib.offsetbox import AnnotationBbox
 
 import clip
@@ -100,6 +102,14 @@ def test_projection_plot_has_labels_stars_and_thumbnails():
     assert ax.get_xlabel() == "t-SNE 1 (arbitrary units)"
     with pytest.raises(ValueError, match="one text embedding per class"):
         embeddings.plot_projection(features, labels, ["a", "b"], texts)
+
+
+def test_projection_draws_colour_named_classes_in_their_colour():
+    features, labels = _clusters(12)
+    ax = embeddings.plot_projection(features, labels, ["red", "circle", "cyan"])
+    dots = [to_hex(c.get_facecolor()[0]) for c in ax.collections]
+    assert dots[0] == to_hex("red") and dots[2] == to_hex("cyan")
+    assert dots[1] == to_hex(colormaps["tab10"](1))
 
 
 def test_modality_gap_plot_joins_pairs():

@@ -30,7 +30,7 @@ def shaped(shapes: dict, rng: np.random.Generator | None = None) -> dict:
     return state
 
 
-def test_parity_with_openai(tiny):
+def test_parity_with_openai(tiny, attention):
     weights, io = tiny
     model = build_model(weights)
     image_features = model.encode_image(Tensor(io["images"])).asnumpy()
@@ -43,7 +43,7 @@ def test_parity_with_openai(tiny):
     np.testing.assert_array_equal(logits_per_text.asnumpy(), logits_per_image.asnumpy().T)
 
 
-def test_jit_gives_the_same_numbers(tiny):
+def test_jit_gives_the_same_numbers(tiny, attention):
     weights, io = tiny
     model = build_model(weights)
     eager = model(Tensor(io["images"]), Tensor(io["tokens"]))[0].asnumpy()

@@ -132,7 +132,7 @@ def _pair_logit(model, image: np.ndarray, tokens: np.ndarray, offsets: list) -> 
     return float(np.exp(model.logit_scale.asnumpy()) * cosine)
 
 
-def test_attention_gradients_equal_finite_differences(vit):
+def test_attention_gradients_equal_finite_differences(vit, attention):
     image = _image(1)
     tokens = saliency._tokens(vit, "a photo of a red circle", 1)
     image_probs, image_grads, text_probs, text_grads = saliency._gradients(

@@ -85,9 +85,10 @@ def plot_projection(
 ):
     """Scatter of the 2-D projection of image embeddings (dots) and, if given, text embeddings
     (one per class, stars) in one shared projection, coloured by label; images (one per image
-    embedding) are drawn as thumbnails at their points. points: the projection (images then
-    texts) when already computed. Returns the axes."""
+    embedding) are drawn as thumbnails at their points; a class named as a colour ("red") is drawn
+    in it. points: the projection (images then texts) when already computed. Returns the axes."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import CSS4_COLORS
 
     image_features = _unit(image_features)
     count = len(image_features)
@@ -108,18 +109,21 @@ def plot_projection(
     if points.shape != (len(stacked), 2):
         raise ValueError(f"points must have shape {(len(stacked), 2)}, got {points.shape}")
     ax = _axes(ax)
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    colours = [
+        name if name in CSS4_COLORS else palette(c % palette.N) for c, name in enumerate(classes)
+    ]
     for c, name in enumerate(classes):
         chosen = labels == c
         if chosen.any():
-            ax.scatter(*points[:count][chosen].T, s=14, color=colours(c % colours.N), label=name)
+            ax.scatter(*points[:count][chosen].T, s=14, color=colours[c], label=name)
     if text_features is not None:
         for c, name in enumerate(classes):
             ax.scatter(
                 *points[count + c],
                 s=220,
                 marker="*",
-                color=colours(c % colours.N),
+                color=colours[c],
                 edgecolors="black",
                 linewidths=0.8,
             )
