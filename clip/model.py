@@ -50,7 +50,8 @@ class Conv2d(nn.Cell):
     """Bias-free convolution with torch's weight layout and padding.
 
     MindSpore's CPU kernel is 40-100x slower than a matmul for k > 1 here, so non-1x1 kernels run
-    as one matmul on unfolded columns.
+    as a matmul on unfolded columns, one image at a time: a batch's columns are k*k times its size,
+    and a batched matmul would copy the weight for every image.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
@@ -65,8 +66,11 @@ class Conv2d(nn.Cell):
             return ops.conv2d(x, self.weight)
         weight = self.weight.reshape(self.weight.shape[0], -1)
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        columns = ops.unfold(x, kernel_size=k, padding=p, stride=s)
-        return ops.matmul(weight, columns).reshape(n, -1, h_out, w_out)
+        images = []
+        for image in ops.split(x, 1):
+            columns = ops.unfold(image, kernel_size=k, padding=p, stride=s)
+            images.append(ops.matmul(weight, columns.reshape(columns.shape[1:])))
+        return ops.stack(images).reshape(n, -1, h_out, w_out)
 
 
 class PatchEmbedding(nn.Cell):
