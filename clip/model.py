@@ -60,7 +60,7 @@ class Conv2d(nn.Cell):
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def construct(self, x):
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         k, s, p = self.kernel, self.stride, self.padding
         if k == 1 and s == 1 and p == 0:
             return ops.conv2d(x, self.weight)
@@ -86,11 +86,11 @@ class PatchEmbedding(nn.Cell):
     def construct(self, x):
         n, c, h, w = x.shape
         k = self.weight.shape[-1]
-        x = mint.permute(x.reshape(n, c, h // k, k, w // k, k), (0, 2, 4, 1, 3, 5))
-        patches = x.reshape(n * (h // k) * (w // k), c * k * k)
-        return self.project(patches, self.weight.reshape(self.weight.shape[0], -1)).reshape(
-            n, (h // k) * (w // k), -1
-        )
+        rows, cols = h // k, w // k
+        x = mint.permute(x.reshape(n, c, rows, k, cols, k), (0, 2, 4, 1, 3, 5))
+        patches = x.reshape(n * rows * cols, c * k * k)
+        weight = self.weight.reshape(self.weight.shape[0], -1)
+        return self.project(patches, weight).reshape(n, rows * cols, -1)
 
 
 def _avgpool(stride: int) -> nn.Cell:
