@@ -66,17 +66,21 @@ def run_worker(implementation: str, group: str, workdir: Path, quick: bool) -> d
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
 def table(results: dict) -> str:
     lines = ["| measurement | torch | mindspore | ratio | mindspore jit | ratio |"]
     lines.append("|---|---|---|---|---|---|")
     for (group, case), by_impl in results.items():
         ref = by_impl["torch"]
-        cells = [f"{group} {case}", f"{ref:.3g}"]
+        cells = [f"{group} {case}", _number(ref)]
         for impl in ("mindspore", "mindspore-jit"):
             if impl in by_impl:
                 value = by_impl[impl]
                 better = value / ref if case.endswith("/s") else ref / value
-                cells += [f"{value:.3g}", f"{better:.2f}x"]
+                cells += [_number(value), f"{better:.2f}x"]
             else:
                 cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
