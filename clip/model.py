@@ -275,6 +275,8 @@ class AttentionPool2d(nn.Cell):
 class ModifiedResNet(nn.Cell):
     """OpenAI's ResNet: a 3-conv stem, anti-aliased strided blocks, attention pooling."""
 
+    graph_batch = 1  # images per compiled graph: Conv2d runs image by image anyway (README)
+
     def __init__(
         self, layers: tuple, output_dim: int, heads: int, input_resolution: int, width: int
     ):
@@ -314,6 +316,8 @@ class ModifiedResNet(nn.Cell):
 
 
 class VisionTransformer(nn.Cell):
+    graph_batch = 8  # images per compiled graph: each shape's graph is kept for good (README)
+
     def __init__(
         self,
         input_resolution: int,
@@ -411,7 +415,8 @@ class CLIP(nn.Cell):
         return self.visual.conv1.weight.dtype
 
     def compile_encoders(self) -> None:
-        """Run both encoders as compiled MindSpore graphs (jit) from now on."""
+        """Run both encoders as compiled MindSpore graphs (jit) from now on, images at most
+        visual.graph_batch at a time."""
         self._image_graph = ms.jit(self.visual.construct)
         self._text_graph = ms.jit(self.encode_tokens)
 
@@ -432,7 +437,10 @@ class CLIP(nn.Cell):
     def encode_image(self, image) -> Tensor:
         """Image features (N, embed_dim) of preprocessed images (N, 3, H, W) or one (3, H, W)."""
         image = self._check_image(image)
-        return self._image_graph(image) if self._image_graph else self.visual(image)
+        if self._image_graph is None:
+            return self.visual(image)
+        parts = [self._image_graph(part) for part in ops.split(image, self.visual.graph_batch)]
+        return parts[0] if len(parts) == 1 else ops.cat(parts)
 
     def encode_text(self, text) -> Tensor:
         """Text features (N, embed_dim) of token ids (N, L) or one row (L,)."""

@@ -53,6 +53,23 @@ def test_jit_gives_the_same_numbers(tiny, attention):
     assert np.abs(softmax(compiled) - io["probs"]).max() <= 1e-5
 
 
+def test_jit_takes_images_graph_batch_at_a_time(tiny, monkeypatch):
+    weights, io = tiny
+    model = build_model(weights)
+    model.compile_encoders()
+    encode, sizes = model._image_graph, []
+
+    def recorded(images):
+        sizes.append(images.shape[0])
+        return encode(images)
+
+    monkeypatch.setattr(model, "_image_graph", recorded)
+    monkeypatch.setattr(model.visual, "graph_batch", 2)
+    features = model.encode_image(Tensor(io["images"])).asnumpy()
+    assert sizes == [2, 1]  # one compiled graph per chunk size, whatever the batch
+    assert relative_error(features, io["image_features"]) <= 1e-4
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_text_runs_only_up_to_the_batchs_last_eot(tiny, jit, monkeypatch):
     weights, io = tiny
