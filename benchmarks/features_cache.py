@@ -38,7 +38,7 @@ def main() -> int:
         if path == Path(tmp) / "tiny.ckpt":
             write_ckpt(dict(np.load(REPO / "tests" / "fixtures" / "tiny_vit_weights.npz")), path)
         model, preprocess = clip.load(path)
-        images = data.shapes("test", args.n)
+        images = data.shapes_dataset("test", args.n)
         image_features(model, preprocess, images[:8], progress=False)  # warm-up
         start = time.perf_counter()
         weights_digest(model)

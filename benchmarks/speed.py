@@ -36,23 +36,22 @@ GROUPS = {
 
 
 def prepare(workdir: Path) -> None:
-    """Random fp16 weights of ViT-B/32 and RN50, a TorchScript .pt, and CIFAR-100 prompts."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_model import shaped
-
+    """Random fp16 weights of ViT-B/32 and RN50 (OpenAI's initialisation, written by the reference
+    tooling), the ViT-B/32 TorchScript .pt, and CIFAR-100 prompts."""
     import clip
+    from clip.checkpoints import read_state_dict
     from workbench.prompts import classes
 
-    shapes = json.loads((REPO / "tests/fixtures/published_shapes.json").read_text())
-    rng = np.random.default_rng(0)
-    for name in ("ViT-B/32", "RN50"):
-        state = {k: v.astype(np.float16) for k, v in shaped(shapes[name], rng).items()}
-        np.savez(workdir / f"{name.replace('/', '-')}.npz", **state)
+    script = REPO / "tests/fixtures/gen_checkpoints.py"
+    files = {"ViT-B-32": workdir / "ViT-B-32.pt", "RN50": workdir / "RN50-state.pt"}
+    command = [MAKER, script, "--vit-b-32", files["ViT-B-32"], "--rn50", files["RN50"]]
+    subprocess.run(command, check=True)
+    for name, path in files.items():
+        state = {k: v.astype(np.float16) for k, v in read_state_dict(path).items()}
+        np.savez(workdir / f"{name}.npz", **state)
     prompts = [f"a photo of a {c}." for c in classes("CIFAR100")]
     (workdir / "prompts.json").write_text(json.dumps(prompts))
     np.save(workdir / "tokens.npy", clip.tokenize(prompts).asnumpy())
-    script = REPO / "tests/fixtures/gen_checkpoints.py"
-    subprocess.run([MAKER, script, "--vit-b-32", workdir / "ViT-B-32.pt"], check=True)
 
 
 def run_worker(implementation: str, group: str, workdir: Path, quick: bool) -> dict:

@@ -20,7 +20,13 @@ def load(
     jit: bool = False,
     download_root: str | os.PathLike | None = None,
 ) -> tuple[CLIP, Preprocess]:
-    """A CLIP model and its preprocess, from an OpenAI model name, "demo", or a checkpoint path."""
+    """A CLIP model and its preprocess, from an OpenAI model name, "demo", or a checkpoint path.
+
+    Like OpenAI's `device=`, this chooses where MindSpore runs, for the whole process: it sets
+    MindSpore's device target (device, or the best one present) and, on CPU, turns on MindSpore's
+    launch_blocking (its default busy-waiting launch threads take a core from the kernels).
+    Nothing else outside the returned model is changed.
+    """
     if str(name) in MODELS:
         path = download(str(name), download_root)
     elif str(name) in SHIPPED:
@@ -37,7 +43,7 @@ def load(
     try:
         model = build_model(state_dict, release=True)  # empties state_dict
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"{path}: {error}") from error
     if jit:
         model.compile_encoders()
     return model, transform(model.visual.input_resolution)

@@ -27,7 +27,7 @@ def predict(args: argparse.Namespace) -> None:
     try:
         image = Image.open(args.image).convert("RGB")
     except OSError as err:
-        raise OSError(f"cannot read image {args.image}: {err}") from None
+        raise OSError(f"cannot read image {args.image}: {err}") from err
     model, preprocess = load(args.model)
     texts = [args.template.format(label) for label in labels]
     logits, _ = model(Tensor(preprocess(image)[None]), tokenize(texts))
@@ -43,7 +43,7 @@ def convert(args: argparse.Namespace) -> None:
     try:
         model_config(state_dict)
     except ValueError as err:
-        raise ValueError(f"{args.src}: {err}") from None
+        raise ValueError(f"{args.src}: {err}") from err
     write_ckpt(state_dict, args.dst, fp16=args.fp16)
     dtype = "float16" if args.fp16 else "stored dtypes"
     print(f"wrote {args.dst}: {len(state_dict)} tensors, {dtype}")
@@ -52,19 +52,19 @@ def convert(args: argparse.Namespace) -> None:
 def describe(state_dict: dict) -> list[str]:
     """Lines describing the CLIP architecture that a state dict's shapes give."""
     config = model_config(state_dict)
-    width, layers = config["vision_width"], config["vision_layers"]
-    if config["vision_patch_size"] is None:
-        vision = f"ResNet, width {width}, layers {layers}, heads {width * 32 // 64}"
+    width, layers = config.vision_width, config.vision_layers
+    if config.resnet:
+        vision = f"ResNet, width {width}, layers {layers}, heads {config.vision_heads}"
     else:
-        patch = config["vision_patch_size"]
-        vision = f"ViT, width {width}, layers {layers}, heads {width // 64}, patch {patch}"
-    text = f"width {config['transformer_width']}, layers {config['transformer_layers']}"
+        patch = config.vision_patch_size
+        vision = f"ViT, width {width}, layers {layers}, heads {config.vision_heads}, patch {patch}"
+    text = f"width {config.transformer_width}, layers {config.transformer_layers}"
     return [
         f"vision: {vision}",
-        f"text: transformer, {text}, heads {config['transformer_heads']}",
-        f"embed dim: {config['embed_dim']}",
-        f"resolution: {config['image_resolution']} px",
-        f"context length: {config['context_length']}, vocabulary: {config['vocab_size']}",
+        f"text: transformer, {text}, heads {config.transformer_heads}",
+        f"embed dim: {config.embed_dim}",
+        f"resolution: {config.image_resolution} px",
+        f"context length: {config.context_length}, vocabulary: {config.vocab_size}",
     ]
 
 

@@ -3,6 +3,9 @@
 import warnings
 
 import mindspore as ms
+
+# The public ms.device_context.<target>.is_available() asks this same question, but logs warnings
+# for every absent device: a CPU-only machine would print four on each clip.load.
 from mindspore._c_expression import MSContext
 
 DEVICES = ("Ascend", "GPU", "CPU")
@@ -28,6 +31,6 @@ def select_device(device: str | None = None) -> str:
     if ms.get_context("device_target") != target:
         ms.set_device(target)
     if target == "CPU":
-        # Without it MindSpore's launch threads spin on a core the kernels need (up to 4.7x slower).
+        # Without it MindSpore's launch threads spin on a core the kernels need.
         ms.runtime.launch_blocking()
     return target

@@ -84,7 +84,7 @@ def download(name: str, root: str | os.PathLike | None = None, url: str | None =
         reason = getattr(err, "reason", None) or err.strerror or err
         raise RuntimeError(
             f"Cannot download {name} ({reason}). Fetch {url} by hand and put it at {target}"
-        ) from None
+        ) from err
     finally:
         partial.unlink(missing_ok=True)
     return target

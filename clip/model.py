@@ -1,12 +1,20 @@
 """CLIP's image and text encoders in MindSpore, with OpenAI's parameter names."""
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Constant, initializer
 from mindspore.nn.utils import no_init_parameters
+
+from .checkpoints.names import canonical
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Rows (the last axis) scaled to unit L2 norm."""
+    return x / x.norm(dim=-1, keepdim=True)
 
 
 def _param(*shape: int, fill: float = 0.0, grad: bool = True) -> Parameter:
@@ -49,9 +57,9 @@ class QuickGELU(nn.Cell):
 class Conv2d(nn.Cell):
     """Bias-free convolution with torch's weight layout and padding.
 
-    MindSpore's CPU kernel is 40-100x slower than a matmul for k > 1 here, so non-1x1 kernels run
-    as a matmul on unfolded columns, one image at a time: a batch's columns are k*k times its size,
-    and a batched matmul would copy the weight for every image.
+    MindSpore's CPU convolution kernel is much slower than a matmul for k > 1 (README), so non-1x1
+    kernels run as a matmul on unfolded columns, one image at a time: a batch's columns are k*k
+    times its size, and a batched matmul would copy the weight for every image.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
@@ -184,7 +192,7 @@ class ResidualAttentionBlock(nn.Cell):
 
 def _batch_mask(x, mask):
     """The (L, L) mask broadcast once to (N, L, L): in graph mode a broadcasting add keeps an index
-    table per node and is 5x slower than an add of equal shapes."""
+    table per node and is much slower than an add of equal shapes."""
     return None if mask is None else ops.broadcast_to(mask, (x.shape[0], *mask.shape))
 
 
@@ -345,9 +353,18 @@ class VisionTransformer(nn.Cell):
         cls = ops.broadcast_to(self.class_embedding.reshape(1, 1, width), (n, 1, width))
         return self.ln_pre(ops.cat([cls, x], axis=1) + self.positional_embedding)
 
+    def head(self, tokens):
+        """Output tokens (..., width) to the embedding space (..., output_dim): ln_post, proj."""
+        return ops.matmul(self.ln_post(tokens), self.proj)
+
     def construct(self, x):
-        x = self.transformer(self.embed(x))
-        return ops.matmul(self.ln_post(x[:, 0, :]), self.proj)
+        return self.head(self.transformer(self.embed(x))[:, 0, :])
+
+    def trace(self, x, offsets=None) -> tuple:
+        """The image features, and the transformer's trace: block inputs and attention
+        probabilities, with offsets as in Transformer.trace (as CLIP.trace_tokens for text)."""
+        x, inputs, probs = self.transformer.trace(self.embed(x), offsets=offsets)
+        return self.head(x[:, 0, :]), inputs, probs
 
 
 class Embedding(nn.Cell):
@@ -361,50 +378,72 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, ids, 0)
 
 
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Everything about a CLIP's architecture that changes its numbers (OpenAI's arguments)."""
+
+    embed_dim: int
+    image_resolution: int
+    vision_layers: int | tuple[int, int, int, int]  # a tuple: ModifiedResNet's four stages
+    vision_width: int
+    vision_patch_size: int | None  # None for a ModifiedResNet
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_layers: int
+    vision_head_width: int = 64
+    transformer_head_width: int = 64
+
+    @property
+    def resnet(self) -> bool:
+        """Whether the image tower is OpenAI's ModifiedResNet (else a ViT)."""
+        return isinstance(self.vision_layers, tuple)
+
+    @property
+    def vision_heads(self) -> int:
+        """Attention heads of the ViT, or of the ResNet's attention pool (width * 32 channels)."""
+        return self.vision_width * (32 if self.resnet else 1) // self.vision_head_width
+
+    @property
+    def transformer_heads(self) -> int:
+        """Attention heads of the text transformer."""
+        return self.transformer_width // self.transformer_head_width
+
+
 class CLIP(nn.Cell):
     """OpenAI's CLIP: encode_image, encode_text, and scaled cosine logits between them."""
 
-    def __init__(
-        self,
-        embed_dim: int,
-        image_resolution: int,
-        vision_layers: int | tuple,
-        vision_width: int,
-        vision_patch_size: int | None,
-        context_length: int,
-        vocab_size: int,
-        transformer_width: int,
-        transformer_heads: int,
-        transformer_layers: int,
-    ):
+    def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.context_length = context_length
-        self.vocab_size = vocab_size
-        if isinstance(vision_layers, (tuple, list)):
+        self.config = config
+        self.context_length = config.context_length
+        self.vocab_size = config.vocab_size
+        if config.resnet:
             self.visual = ModifiedResNet(
-                tuple(vision_layers),
-                embed_dim,
-                vision_width * 32 // 64,
-                image_resolution,
-                vision_width,
+                config.vision_layers,
+                config.embed_dim,
+                config.vision_heads,
+                config.image_resolution,
+                config.vision_width,
             )
         else:
             self.visual = VisionTransformer(
-                image_resolution,
-                vision_patch_size,
-                vision_width,
-                vision_layers,
-                vision_width // 64,
-                embed_dim,
+                config.image_resolution,
+                config.vision_patch_size,
+                config.vision_width,
+                config.vision_layers,
+                config.vision_heads,
+                config.embed_dim,
             )
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
-        self.token_embedding = Embedding(vocab_size, transformer_width)
-        self.positional_embedding = _param(context_length, transformer_width)
-        self.ln_final = LayerNorm(transformer_width)
-        self.text_projection = _param(transformer_width, embed_dim)
+        width = config.transformer_width
+        self.transformer = Transformer(width, config.transformer_layers, config.transformer_heads)
+        self.token_embedding = Embedding(config.vocab_size, width)
+        self.positional_embedding = _param(config.context_length, width)
+        self.ln_final = LayerNorm(width)
+        self.text_projection = _param(width, config.embed_dim)
         self.logit_scale = _param(fill=float(np.log(1 / 0.07)))
-        mask = np.triu(np.full((context_length, context_length), -np.inf, np.float32), 1)
-        self.attn_mask = Tensor(mask)
+        length = config.context_length
+        self.attn_mask = Tensor(np.triu(np.full((length, length), -np.inf, np.float32), 1))
         self._image_graph = None
         self._text_graph = None
         self.set_train(False)
@@ -434,32 +473,39 @@ class CLIP(nn.Cell):
         rows = ops.stack([ops.arange(x.shape[0], dtype=eot.dtype), eot], axis=-1)
         return ops.matmul(ops.gather_nd(x, rows), self.text_projection), inputs, probs
 
-    def encode_image(self, image) -> Tensor:
-        """Image features (N, embed_dim) of preprocessed images (N, 3, H, W) or one (3, H, W)."""
+    def encode_image(self, image, normalize: bool = False) -> Tensor:
+        """Image features (N, embed_dim) of preprocessed images (N, 3, H, W) or one (3, H, W),
+        L2-normalised with normalize=True."""
         image = self._check_image(image)
         if self._image_graph is None:
-            return self.visual(image)
-        parts = [self._image_graph(part) for part in ops.split(image, self.visual.graph_batch)]
-        return parts[0] if len(parts) == 1 else ops.cat(parts)
+            features = self.visual(image)
+        else:
+            parts = [self._image_graph(part) for part in ops.split(image, self.visual.graph_batch)]
+            features = parts[0] if len(parts) == 1 else ops.cat(parts)
+        return l2_normalize(features) if normalize else features
 
-    def encode_text(self, text) -> Tensor:
-        """Text features (N, embed_dim) of token ids (N, L) or one row (L,)."""
+    def encode_text(self, text, normalize: bool = False) -> Tensor:
+        """Text features (N, embed_dim) of token ids (N, L) or one row (L,), L2-normalised with
+        normalize=True."""
         tokens = self._check_text(text)
         eot = tokens.argmax(axis=-1).astype(np.int32)
         # Causal attention: positions after the last eot cannot change any eot feature. A graph
         # compiles once per length, so it gets the length rounded up to a multiple of 8.
         length = int(eot.max()) + 1
+        encode = self.encode_tokens
         if self._text_graph:
-            length = min(-(-length // 8) * 8, tokens.shape[1])
-            return self._text_graph(Tensor(tokens[:, :length]), Tensor(eot))
-        return self.encode_tokens(Tensor(tokens[:, :length]), Tensor(eot))
+            length, encode = min(-(-length // 8) * 8, tokens.shape[1]), self._text_graph
+        features = encode(Tensor(tokens[:, :length]), Tensor(eot))
+        return l2_normalize(features) if normalize else features
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """logits_per_image (N_images, N_texts): the logit scale times the cosine similarity of
+        image and text features (normalised here, so raw or unit features both work)."""
+        similarity = ops.matmul(l2_normalize(image_features), l2_normalize(text_features).T)
+        return self.logit_scale.exp() * similarity
 
     def construct(self, image, text):
-        image_features = self.encode_image(image)
-        text_features = self.encode_text(text)
-        image_features = image_features / image_features.norm(dim=1, keepdim=True)
-        text_features = text_features / text_features.norm(dim=1, keepdim=True)
-        logits_per_image = self.logit_scale.exp() * ops.matmul(image_features, text_features.T)
+        logits_per_image = self.logits(self.encode_image(image), self.encode_text(text))
         return logits_per_image, logits_per_image.T
 
     def _check_image(self, image) -> Tensor:
@@ -510,11 +556,8 @@ class CLIP(nn.Cell):
         return tokens.astype(np.int32)
 
 
-_IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def model_config(state_dict: dict) -> dict:
-    """CLIP's constructor arguments, read from the shapes of an OpenAI-named state dict."""
+def model_config(state_dict: dict) -> CLIPConfig:
+    """The architecture an OpenAI-named state dict's shapes give, by OpenAI's build_model rules."""
     vit = "visual.proj" in state_dict
     required = ["text_projection", "positional_embedding", "token_embedding.weight"]
     required += ["ln_final.weight", "visual.conv1.weight"]
@@ -540,17 +583,15 @@ def model_config(state_dict: dict) -> dict:
         image_resolution = 32 * round(
             (state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5
         )
-    transformer_width = state_dict["ln_final.weight"].shape[0]
-    return dict(
-        embed_dim=state_dict["text_projection"].shape[1],
+    return CLIPConfig(
+        embed_dim=int(state_dict["text_projection"].shape[1]),
         image_resolution=int(image_resolution),
         vision_layers=vision_layers,
         vision_width=int(vision_width),
         vision_patch_size=None if vision_patch_size is None else int(vision_patch_size),
-        context_length=state_dict["positional_embedding"].shape[0],
-        vocab_size=state_dict["token_embedding.weight"].shape[0],
-        transformer_width=transformer_width,
-        transformer_heads=transformer_width // 64,
+        context_length=int(state_dict["positional_embedding"].shape[0]),
+        vocab_size=int(state_dict["token_embedding.weight"].shape[0]),
+        transformer_width=int(state_dict["ln_final.weight"].shape[0]),
         transformer_layers=len(
             {k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")}
         ),
@@ -558,15 +599,15 @@ def model_config(state_dict: dict) -> dict:
 
 
 def build_model(state_dict: dict, release: bool = False) -> CLIP:
-    """A CLIP whose architecture and float32 weights come from an OpenAI-named state dict.
+    """A CLIP whose architecture and float32 weights come from a state dict (OpenAI's names, or
+    any convention clip.checkpoints reads).
 
     release=True empties state_dict as its arrays are copied into the model, so that a caller
     holding no other reference to them never has two copies of the weights in memory.
     """
+    given = canonical(state_dict)
     with no_init_parameters():  # placeholders take no memory: every parameter is set below
-        model = CLIP(**model_config(state_dict))
-    given = {k: v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
-    given = {k: v for k, v in given.items() if not k.endswith(".num_batches_tracked")}
+        model = CLIP(model_config(given))
     params = dict(model.parameters_and_names())
     problems = []
     if missing := [k for k in params if k not in given]:
@@ -574,8 +615,6 @@ def build_model(state_dict: dict, release: bool = False) -> CLIP:
     if unexpected := [k for k in given if k not in params]:
         problems.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}")
     for name, param in params.items():
-        if name == "logit_scale" and np.shape(given.get(name)) == (1,):
-            given[name] = np.reshape(given[name], ())
         if name in given and tuple(np.shape(given[name])) != param.shape:
             problems.append(f"{name} has shape {np.shape(given[name])}, expected {param.shape}")
     if problems:

@@ -33,6 +33,17 @@ def _as_pil(image) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
 
 
+def center_crop(size: tuple[int, int], n_px: int) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """Where preprocess takes its n_px crop of an image of size (width, height): the size the image
+    is resized to, and the crop box (left, top, right, bottom) in the resized image."""
+    w, h = size
+    # torchvision Resize(n): short side to n, long side int(n * long / short)
+    resized = (n_px, int(n_px * h / w)) if w <= h else (int(n_px * w / h), n_px)
+    # torchvision CenterCrop(n); both sides are >= n here, so it never pads
+    left, top = int(round((resized[0] - n_px) / 2.0)), int(round((resized[1] - n_px) / 2.0))
+    return resized, (left, top, left + n_px, top + n_px)
+
+
 class Preprocess:
     """Bicubic resize of the short side to n_px, center crop, RGB, scale to [0, 1], normalize."""
 
@@ -47,13 +58,10 @@ class Preprocess:
         w, h = image.size
         if w == 0 or h == 0:
             raise ValueError(f"cannot preprocess an empty image of size {w}x{h} (width x height)")
-        # torchvision Resize(n): short side to n, long side int(n * long / short), skipped if equal
-        size = (n, int(n * h / w)) if w <= h else (int(n * w / h), n)
-        if size != image.size:
+        size, box = center_crop((w, h), n)
+        if size != image.size:  # as torchvision's Resize, which skips an image of the right size
             image = image.resize(size, Image.Resampling.BICUBIC)
-        # torchvision CenterCrop(n); both sides are >= n here, so it never pads
-        left, top = int(round((size[0] - n) / 2.0)), int(round((size[1] - n) / 2.0))
-        image = image.crop((left, top, left + n, top + n)).convert("RGB")
+        image = image.crop(box).convert("RGB")
         x = np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255)
         return np.ascontiguousarray((x - _MEAN) / _STD)
 

@@ -1,26 +1,13 @@
 """Shared fixtures: the committed reference files of tests/fixtures/."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("MS_DEV_LAUNCH_BLOCKING", "1")
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def relative_error(actual, expected) -> float:
-    """Max abs error over max abs value, DESIGN.md's measure for features."""
-    return float(np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max())
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+from helpers import FIXTURES  # noqa: E402 (after the environment it reads at import)
 
 
 @pytest.fixture(scope="session", params=["vit", "resnet"])

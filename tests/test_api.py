@@ -7,9 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ASSETS, FIXTURES, softmax
+from helpers import ASSETS, FIXTURES, random_state_dict, softmax
 from mindspore import Tensor
-from test_model import shaped
 
 import clip
 from clip.checkpoints import write_ckpt
@@ -94,7 +93,9 @@ def vit_b_32_ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed")
     with open(FIXTURES / "published_shapes.json") as f:
         shapes = __import__("json").load(f)["ViT-B/32"]
-    write_ckpt(shaped(shapes, np.random.default_rng(0)), folder / "ViT-B-32.ckpt", fp16=True)
+    write_ckpt(
+        random_state_dict(shapes, np.random.default_rng(0)), folder / "ViT-B-32.ckpt", fp16=True
+    )
     shutil.copy(ASSETS / "CLIP.png", folder / "CLIP.png")
     return folder
 

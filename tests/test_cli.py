@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import safetensors.numpy
-from conftest import FIXTURES, softmax
+from helpers import FIXTURES, softmax
 from mindspore import Tensor
 from PIL import Image
 

@@ -75,11 +75,11 @@ def test_shapes_labels_follow_the_demo_samples():
     samples = demo.generate("heldout", 12, 3, objects=1)
     for target, name in (("shape", lambda o: o.shape), ("colour", lambda o: o.colour),
                          ("combo", lambda o: f"{o.colour} {o.shape}")):  # fmt: skip
-        dataset = data.shapes("heldout", 12, seed=3, target=target)
+        dataset = data.shapes_dataset("heldout", 12, seed=3, target=target)
         assert [dataset.classes[i] for i in dataset.labels] == [name(s.labels[0]) for s in samples]
     np.testing.assert_array_equal(dataset.images, np.stack([s.image for s in samples]))
     with pytest.raises(ValueError, match="target must be one of"):
-        data.shapes(target="size")
+        data.shapes_dataset(target="size")
 
 
 def test_digits_are_upscaled_grey_rgb_with_a_fixed_split():

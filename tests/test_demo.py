@@ -1,5 +1,6 @@
 """The demo: synthetic shapes, the CIFAR writer, training, and the shipped checkpoint's accuracy."""
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from workbench.demo import cifar, shapes, train
 from workbench.demo.evaluate import evaluate
 
 DEMO_CKPT = Path(clip.__file__).resolve().parent / "weights" / "demo.ckpt"
-TINY = dict(
+TINY = dataclasses.replace(
     train.DEMO, vision_width=64, vision_layers=1, transformer_width=64, transformer_layers=1
 )
 NAMES = {*shapes.SHAPES, *shapes.COLOURS, *shapes.SIZES, *shapes.POSITIONS}
@@ -234,7 +235,7 @@ def test_tiny_training_learns_reproducibly_and_saves(tmp_path):
     model, losses = train.train(**kwargs)
     assert np.all(np.isfinite(losses)) and len(losses) == 3
     assert train.train(**kwargs)[1] == losses  # reproducible from the seed
-    fresh = train.CLIP(**TINY)
+    fresh = train.CLIP(TINY)
     train.initialise(fresh, 1)
     batch = train.Batches(1, 16)()
     before = float(train.contrastive_loss(fresh, *batch)[0].asnumpy())
@@ -256,7 +257,7 @@ def test_tiny_training_learns_reproducibly_and_saves(tmp_path):
 
 
 def test_initialise_sets_every_parameter_from_the_seed():
-    a, b = train.CLIP(**TINY), train.CLIP(**TINY)
+    a, b = train.CLIP(TINY), train.CLIP(TINY)
     train.initialise(a, 5)
     train.initialise(b, 5)
     for (name, pa), (_, pb) in zip(a.parameters_and_names(), b.parameters_and_names(), strict=True):

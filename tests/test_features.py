@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from helpers import FIXTURES
 from mindspore import Tensor
 from PIL import Image
 

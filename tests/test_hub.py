@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from helpers import FIXTURES
 from mindspore import Tensor
 
 import clip

@@ -1,33 +1,20 @@
 """The MindSpore model against OpenAI's reference outputs, and its architecture inference."""
 
+import dataclasses
 import json
 
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import FIXTURES, relative_error, softmax
+from helpers import FIXTURES, openai_arguments, random_state_dict, relative_error, softmax
 from mindspore import Tensor
 
 import clip
-from clip.model import CLIP, build_model, model_config
+from clip.model import CLIP, ModifiedResNet, VisionTransformer, build_model, model_config
 
 with open(FIXTURES / "published_shapes.json") as f:
     PUBLISHED = json.load(f)  # OpenAI's nine architectures: parameter shapes by name, "configs"
 CONFIGS = PUBLISHED["configs"]  # CLIP's arguments for each, written by fixtures/gen_models.py
-
-
-def shaped(shapes: dict, rng: np.random.Generator | None = None) -> dict:
-    """A state dict with the given names and shapes: random values, or empty placeholders."""
-    if rng is None:
-        return {k: np.empty(v, np.float16) for k, v in shapes.items()}
-    state = {k: (rng.standard_normal(v, np.float32) * 0.02) for k, v in shapes.items()}
-    for name in state:
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight")):
-            state[name] += 1
-        if name.endswith("running_var") or name == "ln_final.weight":
-            state[name] = np.abs(state[name]) + 1
-    state["logit_scale"] = np.float32(np.log(100))
-    return state
 
 
 def test_parity_with_openai(tiny, attention):
@@ -41,6 +28,46 @@ def test_parity_with_openai(tiny, attention):
     assert np.abs(softmax(logits_per_image.asnumpy()) - io["probs"]).max() <= 1e-5
     assert np.abs(logits_per_image.asnumpy() - io["logits_per_image"]).max() <= 1e-3
     np.testing.assert_array_equal(logits_per_text.asnumpy(), logits_per_image.asnumpy().T)
+
+
+def test_normalised_features_and_logits_are_openais(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    image = model.encode_image(Tensor(io["images"]), normalize=True).asnumpy()
+    text = model.encode_text(Tensor(io["tokens"]), normalize=True).asnumpy()
+    unit = io["image_features"] / np.linalg.norm(io["image_features"], axis=-1, keepdims=True)
+    assert relative_error(image, unit) <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(text, axis=-1), 1, atol=1e-6)
+    # from OpenAI's own (unnormalised) features, the one logit formula gives OpenAI's logits
+    logits = model.logits(Tensor(io["image_features"]), Tensor(io["text_features"])).asnumpy()
+    assert np.abs(logits - io["logits_per_image"]).max() <= 1e-3
+
+
+def test_vision_transformer_trace_is_the_encoder_with_its_internals(tiny):
+    weights, io = tiny
+    model = build_model(weights)
+    if not isinstance(model.visual, VisionTransformer):
+        assert isinstance(model.visual, ModifiedResNet) and model.config.resnet
+        return
+    images = Tensor(io["images"])
+    features, inputs, probs = model.visual.trace(images)
+    assert relative_error(features.asnumpy(), io["image_features"]) <= 1e-4
+    layers, tokens = model.config.vision_layers, model.visual.positional_embedding.shape[0]
+    assert len(inputs) == len(probs) == layers
+    assert probs[0].shape == (len(io["images"]), model.config.vision_heads, tokens, tokens)
+    np.testing.assert_allclose(probs[-1].asnumpy().sum(-1), 1, atol=1e-5)
+    np.testing.assert_array_equal(inputs[0].asnumpy(), model.visual.embed(images).asnumpy())
+
+
+def test_config_heads_follow_widths_and_the_config_is_frozen():
+    vit = model_config(random_state_dict(PUBLISHED["ViT-L/14"]))
+    assert (vit.vision_heads, vit.transformer_heads) == (16, 12)  # OpenAI's width // 64
+    resnet = model_config(random_state_dict(PUBLISHED["RN50"]))
+    assert resnet.resnet and resnet.vision_heads == 32  # the attention pool: 64 * 32 // 64
+    wide = dataclasses.replace(vit, vision_head_width=80)
+    assert wide.vision_heads == 1024 // 80
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        vit.vision_width = 1
 
 
 def test_jit_gives_the_same_numbers(tiny, attention):
@@ -121,8 +148,8 @@ def test_the_nine_published_configurations_are_recorded():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_architecture_inferred_for_published_models(name):
-    config = model_config(shaped(PUBLISHED[name]))
-    assert json.loads(json.dumps(config)) == CONFIGS[name]  # tuples as JSON lists
+    config = model_config(random_state_dict(PUBLISHED[name]))
+    assert openai_arguments(config) == CONFIGS[name]
 
 
 @pytest.mark.parametrize("name", ["RN50", "RN50x4", "ViT-B/32", "ViT-B/16"])
@@ -133,12 +160,12 @@ def test_parameter_names_and_shapes_equal_openai(name):
         if k not in ("input_resolution", "context_length", "vocab_size")
         and not k.endswith("num_batches_tracked")
     }
-    model = CLIP(**model_config(shaped(PUBLISHED[name])))
+    model = CLIP(model_config(random_state_dict(PUBLISHED[name])))
     assert {k: tuple(p.shape) for k, p in model.parameters_and_names()} == expected
 
 
 def test_full_size_rn50_runs_end_to_end():
-    model = build_model(shaped(PUBLISHED["RN50"], np.random.default_rng(0)))
+    model = build_model(random_state_dict(PUBLISHED["RN50"], np.random.default_rng(0)))
     image = np.random.default_rng(1).standard_normal((2, 3, 224, 224), np.float32)
     tokens = np.zeros((3, 77), np.int32)
     tokens[:, 0], tokens[:, 1], tokens[:, 2] = 49406, [320, 1929, 2368], 49407

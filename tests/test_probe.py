@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
 from workbench import data
 from workbench.features import image_features
@@ -61,18 +64,50 @@ def test_seed_linear_probe_flow_on_cifar100_format_data(tiny_clip, cifar_shapes)
     x = image_features(model, preprocess, train, progress=False)
     xt = image_features(model, preprocess, test, progress=False)
     same = (7 * np.arange(100) + 3) % 100  # conftest tiles 100 images: test j is train same[j]
+    # the search fits on a stratified 80 % and refits on it plus the 20 % held for validation
+    fit, held, y_fit, y_held = train_test_split(x, train.labels, test_size=0.2,
+                                                stratify=train.labels, random_state=0)  # fmt: skip
+    refit = {SEED_C: (x, train.labels), None: (np.concatenate([fit, held]),
+                                               np.concatenate([y_fit, y_held]))}  # fmt: skip
     scores = {}
     for C in (SEED_C, None):
         probe = LinearProbe(C=C).fit(x, train.labels)
         np.testing.assert_array_equal(probe.predict(xt), probe.predict(x[same]))
         scores[C] = probe.score(xt, test.labels)
-        assert scores[C] == np.mean(probe.predict(xt) == test.labels)
+        direct = LogisticRegression(C=probe.C_, max_iter=1000, random_state=0).fit(*refit[C])
+        assert scores[C] == pytest.approx(direct.score(xt, test.labels))
     # a random model's features need a large C: the search finds one, the seed's 0.316 underfits
     assert scores[None] >= 0.7 and scores[None] > 2 * scores[SEED_C], scores  # chance: 0.2
 
 
+def test_a_scikit_learn_estimator():
+    (x, y), (xt, yt) = _blobs(90, 0, spread=6.0), _blobs(90, 2, spread=6.0)
+    with pytest.raises(TypeError):
+        LinearProbe(0.1)  # options are keyword-only
+    copy = clone(LinearProbe(C=0.5, max_iter=200).fit(x, y))
+    assert copy.get_params() == dict(C=0.5, val_size=0.2, max_iter=200, random_state=0)
+    with pytest.raises(NotFittedError):
+        copy.predict(x)
+    grid = [1e-4, 1e-2, 1.0]
+    search = GridSearchCV(LinearProbe(), {"C": grid}, cv=StratifiedKFold(3)).fit(x, y)
+    expected = [
+        np.mean([LogisticRegression(C=C, max_iter=1000, random_state=0).fit(x[a], y[a])
+                 .score(x[b], y[b]) for a, b in StratifiedKFold(3).split(x, y)])
+        for C in grid
+    ]  # fmt: skip
+    assert len(set(expected)) > 1, expected  # the search has something to choose
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], expected)
+    best = grid[int(np.argmax(expected))]
+    assert search.best_params_ == {"C": best} and search.best_estimator_.C_ == best
+    final = LogisticRegression(C=best, max_iter=1000, random_state=0).fit(x, y)
+    np.testing.assert_array_equal(search.predict(xt), final.predict(xt))
+    assert search.score(xt, yt) == pytest.approx(final.score(xt, yt))
+
+
 def test_bad_use_is_named():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError):
         LinearProbe().predict(np.zeros((1, 3)))
+    with pytest.raises(NotFittedError):
+        LinearProbe().predict_proba(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="both X_val and y_val"):
         LinearProbe().fit(np.zeros((4, 3)), [0, 1, 0, 1], X_val=np.zeros((2, 3)))

@@ -34,7 +34,7 @@ def test_image_to_image_excludes_the_query_itself():
 
 def test_text_to_image_uses_the_models_text_features(tiny_clip):
     model, preprocess = tiny_clip
-    images = image_features(model, preprocess, data.shapes("test", 8), progress=False)
+    images = image_features(model, preprocess, data.shapes_dataset("test", 8), progress=False)
     texts = ["a red circle", "a blue star"]
     indices, scores = text_to_image(model, texts, images, k=8)
     text = model.encode_text(clip.tokenize(texts)).asnumpy()

@@ -12,7 +12,7 @@ import PIL
 import pytest
 from PIL import Image
 
-from clip.transform import Preprocess, transform
+from clip.transform import MEAN, STD, Preprocess, center_crop, transform
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = np.load(REPO / "tests" / "fixtures" / "preprocess.npz")
@@ -126,3 +126,23 @@ def test_bad_n_px(n_px):
 def test_bad_images(image, error, match):
     with pytest.raises(error, match=match):
         transform(8)(image)
+
+
+@pytest.mark.parametrize(
+    "size,n,resized,box",
+    [
+        ((640, 480), 224, (298, 224), (37, 0, 261, 224)),  # landscape: width int(224 * 4 / 3)
+        ((375, 500), 224, (224, 298), (0, 37, 224, 261)),  # portrait
+        ((300, 301), 64, (64, 64), (0, 0, 64, 64)),  # long side int(64 * 301 / 300) = 64
+        ((225, 224), 224, (225, 224), (0, 0, 224, 224)),  # round((225 - 224) / 2) = 0
+    ],
+)
+def test_center_crop_geometry(size, n, resized, box):
+    assert center_crop(size, n) == (resized, box)
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if resized != size:
+        image = image.resize(resized, Image.Resampling.BICUBIC)
+    crop = np.asarray(image.crop(box), np.float32).transpose(2, 0, 1) / 255
+    expected = (crop - np.reshape(MEAN, (3, 1, 1))) / np.reshape(STD, (3, 1, 1))
+    np.testing.assert_allclose(Preprocess(n)(pixels), expected, atol=1e-6)

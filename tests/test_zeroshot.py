@@ -2,61 +2,173 @@
 
 import numpy as np
 import pytest
+from helpers import softmax
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.utils.validation import check_is_fitted
 
 import clip
 from workbench import data, prompts
-from workbench.features import image_features
+from workbench.features import image_features, l2_normalize
 from workbench.zeroshot import (
     ZeroShotClassifier,
     class_weights,
+    embed_prompts,
     forward_select_templates,
     template_accuracies,
     top_k_accuracy,
 )
 
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "{}"]
-
-
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+CLASSES = ["cat", "dog", "red star"]
 
 
 def _encode(model, texts):
-    return _unit(model.encode_text(clip.tokenize(texts)).asnumpy().astype(np.float64))
+    """Unit text embeddings in float64, straight from the model."""
+    return l2_normalize(model.encode_text(clip.tokenize(texts)).asnumpy().astype(np.float64))
+
+
+def _weights(model, classnames, templates):
+    """OpenAI's ensemble written out: per class, the mean over templates of the mean over
+    synonyms of unit prompt embeddings, normalised."""
+    rows = []
+    for c in classnames:
+        names = [c] if isinstance(c, str) else c
+        rows.append(np.mean([_encode(model, [t.format(s) for s in names]).mean(0)
+                             for t in templates], axis=0))  # fmt: skip
+    return l2_normalize(np.stack(rows))
+
+
+@pytest.fixture(scope="module")
+def shapes_features(tiny_clip):
+    """Unit image features of 30 shapes test images, their labels and class names."""
+    model, preprocess = tiny_clip
+    images = data.shapes_dataset("test", 30)
+    x = image_features(model, preprocess, images, normalize=True, progress=False)
+    return x, images.labels, images.classes
 
 
 def test_class_weights_are_openais_ensemble(tiny_clip):
     model, _ = tiny_clip
-    classifier = ZeroShotClassifier(model, ["cat", "dog", "red star"], TEMPLATES).fit()
-    expected = np.stack([_unit(_encode(model, [t.format(c) for t in TEMPLATES]).mean(axis=0))
-                         for c in ["cat", "dog", "red star"]])  # fmt: skip
+    classifier = ZeroShotClassifier(model, CLASSES, templates=TEMPLATES).fit()
+    expected = np.stack([l2_normalize(_encode(model, [t.format(c) for t in TEMPLATES]).mean(axis=0))
+                         for c in CLASSES])  # fmt: skip
     assert classifier.weights_.shape == (3, expected.shape[1])
     np.testing.assert_allclose(classifier.weights_, expected, atol=1e-6)
     star = _encode(model, ["a drawing of a red star."])[0]
     np.testing.assert_allclose(classifier.text_embeddings_[1, 2], star, atol=1e-6)
-    synonyms = ZeroShotClassifier(model, [["happy", "smiling"], "sad"], TEMPLATES[:2]).fit()
+    synonyms = ZeroShotClassifier(model, [["happy", "smiling"], "sad"], templates=TEMPLATES[:2])
     happy = [t.format(s) for t in TEMPLATES[:2] for s in ("happy", "smiling")]
-    np.testing.assert_allclose(synonyms.weights_[0], _unit(_encode(model, happy).mean(axis=0)),
-                               atol=1e-6)  # fmt: skip
+    expected = l2_normalize(_encode(model, happy).mean(axis=0))
+    np.testing.assert_allclose(synonyms.fit().weights_[0], expected, atol=1e-6)
+
+
+def test_embed_prompts_averages_synonyms_per_template():
+    rng = np.random.default_rng(0)
+    prompts_ = [f"{t} {s}" for t in ("a", "b") for s in ("x", "y", "z")]
+    vectors = dict(zip(prompts_, rng.normal(size=(6, 4)) * rng.uniform(1, 5, (6, 1)), strict=True))
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.stack([vectors[t] for t in texts])
+
+    embedded = embed_prompts(encode, [["x", "y"], "z"], ["a {}", "b {}"])
+    unit = {p: v / np.sqrt((v**2).sum()) for p, v in vectors.items()}
+    assert embedded.shape == (2, 2, 4) and len(calls) == 1
+    assert sorted(calls[0]) == sorted(prompts_)
+    np.testing.assert_allclose(embedded[0, 0], (unit["a x"] + unit["a y"]) / 2)
+    np.testing.assert_allclose(embedded[1, 1], unit["b z"])
+    with pytest.raises(ValueError, match="at least one class name"):
+        embed_prompts(encode, [], ["a {}"])
+    with pytest.raises(ValueError, match="at least one template"):
+        embed_prompts(encode, ["x"], [])
 
 
 def test_predictions_are_scaled_cosine_similarities(tiny_clip):
     model, preprocess = tiny_clip
-    classifier = ZeroShotClassifier(model, ["cat", "dog", "red star"], TEMPLATES, preprocess).fit()
+    classifier = ZeroShotClassifier(model, CLASSES, templates=TEMPLATES, preprocess=preprocess)
+    classifier.fit()
     x = np.random.default_rng(0).normal(size=(6, classifier.weights_.shape[1])).astype(np.float32)
     scale = np.exp(float(model.logit_scale.asnumpy()))
-    logits = scale * _unit(x.astype(np.float64)) @ classifier.weights_.T
+    logits = scale * l2_normalize(x.astype(np.float64)) @ _weights(model, CLASSES, TEMPLATES).T
     np.testing.assert_allclose(classifier.decision_function(x), logits, rtol=1e-5)
-    proba = classifier.predict_proba(x)
-    np.testing.assert_allclose(proba, np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
-                               rtol=1e-5)  # fmt: skip
-    np.testing.assert_array_equal(classifier.predict(x), logits.argmax(1))
-    y = logits.argmax(1)
-    assert classifier.score(x, y) == 1.0 and classifier.score(x, (y + 1) % 3) == 0.0
-    assert classifier.score(x, (y + 1) % 3, k=3) == 1.0
-    images = data.shapes("test", 4)
+    np.testing.assert_allclose(classifier.predict_proba(x), softmax(logits), rtol=1e-5)
+    ranked = np.argsort(-logits, axis=1)
+    np.testing.assert_array_equal(classifier.predict(x), ranked[:, 0])
+    assert classifier.score(x, ranked[:, 0]) == 1.0 and classifier.score(x, ranked[:, 1]) == 0.0
+    assert classifier.score(x, ranked[:, 1], k=2) == 1.0
+    assert classifier.score(x, ranked[:, 2], k=2) == 0.0
+    images = data.shapes_dataset("test", 4)
     direct = classifier.predict_proba(image_features(model, preprocess, images, progress=False))
     np.testing.assert_allclose(classifier.predict_proba(images), direct, atol=1e-6)
+
+
+def test_labels_are_what_predict_returns_and_score_reads(tiny_clip):
+    model, _ = tiny_clip
+    labels = np.array(["c", "d", "s"])
+    classifier = ZeroShotClassifier(model, CLASSES, templates=TEMPLATES, labels=labels).fit()
+    np.testing.assert_array_equal(classifier.classes_, labels)
+    x = np.random.default_rng(1).normal(size=(8, classifier.weights_.shape[1])).astype(np.float32)
+    ranked = np.argsort(-(x @ _weights(model, CLASSES, TEMPLATES).T), axis=1)
+    np.testing.assert_array_equal(classifier.predict(x), labels[ranked[:, 0]])
+    assert classifier.score(x, labels[ranked[:, 0]]) == 1.0
+    assert classifier.score(x, list(labels[ranked[:, 1]])) == 0.0
+    assert classifier.score(x, labels[ranked[:, 1]], k=2) == 1.0
+    with pytest.raises(ValueError, match=r"not among the classifier's classes_: \['q', 'x'\]"):
+        ZeroShotClassifier(model, CLASSES, labels=labels).fit(x[:3], ["c", "x", "q"])
+    with pytest.raises(ValueError, match=r"classes_: \[2\]"):
+        classifier.score(x[:2], [2, 2])
+    with pytest.raises(ValueError, match="3 distinct labels"):
+        ZeroShotClassifier(model, CLASSES, labels=["c", "c", "s"]).fit()
+    with pytest.raises(ValueError, match="3 distinct labels"):
+        ZeroShotClassifier(model, CLASSES, labels=["c", "d"]).fit()
+
+
+def test_a_scikit_learn_estimator_whose_clones_share_the_model(tiny_clip, shapes_features):
+    model, preprocess = tiny_clip
+    x = shapes_features[0]
+    classifier = ZeroShotClassifier(model, CLASSES, templates=TEMPLATES, preprocess=preprocess)
+    with pytest.raises(TypeError):
+        ZeroShotClassifier(model, CLASSES, TEMPLATES)  # options are keyword-only
+    for method in (classifier.predict, classifier.decision_function, classifier.image_features):
+        with pytest.raises(NotFittedError):
+            method(x)
+    copy = clone(classifier)
+    assert copy.model is model and copy.preprocess is not preprocess
+    assert copy.classnames == CLASSES and copy.classnames is not classifier.classnames
+    assert copy.get_params().keys() == classifier.get_params().keys()
+    classifier.fit()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(clone(classifier))
+    np.testing.assert_array_equal(clone(classifier).fit().predict(x), classifier.predict(x))
+    expected = (x @ _weights(model, CLASSES, TEMPLATES).T).argmax(1)
+    np.testing.assert_array_equal(copy.fit().predict(x), expected)
+
+
+def test_grid_search_over_templates(tiny_clip):
+    model, _ = tiny_clip
+    classes, rng = ["circle", "square", "triangle"], np.random.default_rng(0)
+    candidates = [["a photo of a {}."], ["a drawing of a {}."], ["a photo of a {}.", "{}"]]
+    weights = [_weights(model, classes, t) for t in candidates]
+    # image features near the drawing prompts' class weights: that template should win
+    y_index = np.arange(60) % 3
+    x = (weights[1][y_index] + rng.normal(0, 0.1, (60, weights[1].shape[1]))).astype(np.float32)
+    y = np.array(classes)[y_index]  # string labels, mapped to classes through labels=
+    search = GridSearchCV(ZeroShotClassifier(model, classes, labels=classes),
+                          {"templates": candidates}, cv=StratifiedKFold(3)).fit(x, y)  # fmt: skip
+    folds = [test for _, test in StratifiedKFold(3).split(x, y)]
+    unit = l2_normalize(x.astype(np.float64))
+    expected = [np.mean([np.mean((unit[f] @ w.T).argmax(1) == y_index[f]) for f in folds])
+                for w in weights]  # fmt: skip
+    assert len(set(expected)) == 3, expected  # the search has something to choose
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], expected)
+    best = int(np.argmax(expected))
+    assert search.best_params_ == {"templates": candidates[best]}
+    assert search.best_estimator_.model is model
+    np.testing.assert_array_equal(search.predict(x), np.array(classes)[(unit @ weights[best].T)
+                                                                       .argmax(1)])  # fmt: skip
 
 
 def test_top_k_accuracy_by_hand():
@@ -71,7 +183,7 @@ def _designed(tiny_clip):
     """A classifier whose 3 templates x 2 classes embed at chosen angles in a plane, and 4 labelled
     image features: template 0 alone gets 3/4, template 1 alone 3/4, both together 4/4, 2 1/4."""
     model, _ = tiny_clip
-    classifier = ZeroShotClassifier(model, ["a", "b"], ["{}", "x {}", "y {}"]).fit()
+    classifier = ZeroShotClassifier(model, ["a", "b"], templates=["{}", "x {}", "y {}"]).fit()
     width = classifier.weights_.shape[1]
 
     def at(degrees):
@@ -99,30 +211,44 @@ def test_forward_selection_adds_while_accuracy_rises(tiny_clip):
                                [np.cos(np.radians(60)), np.sin(np.radians(60))])  # fmt: skip
 
 
+def test_template_evaluation_leaves_an_unfitted_classifier_unfitted(tiny_clip, shapes_features):
+    model, _ = tiny_clip
+    x, y, names = shapes_features
+    unfitted = ZeroShotClassifier(model, names, templates=TEMPLATES)
+    expected = {t: np.mean((x @ _weights(model, names, [t]).T).argmax(1) == y) for t in TEMPLATES}
+    assert template_accuracies(unfitted, x, y) == pytest.approx(expected)
+    path = forward_select_templates(unfitted, x, y, max_templates=1)
+    assert path == [(max(TEMPLATES, key=expected.get), pytest.approx(max(expected.values())))]
+    with pytest.raises(NotFittedError):
+        check_is_fitted(unfitted)
+
+
 def test_seed_zero_shot_flow_on_cifar100_format_data(tiny_clip, cifar_shapes):
     model, preprocess = tiny_clip
     test = data.cifar100(cifar_shapes[0], "test")[:40]
-    classifier = ZeroShotClassifier(model, test.classes, prompts.templates("CIFAR100")[:3],
-                                    preprocess).fit()  # fmt: skip
+    templates = prompts.templates("CIFAR100")[:3]
+    classifier = ZeroShotClassifier(model, test.classes, templates=templates,
+                                    preprocess=preprocess).fit()  # fmt: skip
     x = image_features(model, preprocess, test, normalize=True, progress=False)
-    predicted = classifier.predict(x)
-    assert predicted.shape == (40,) and set(predicted) <= set(range(30))
-    assert classifier.score(x, test.labels) == np.mean(predicted == test.labels)
-    assert classifier.score(test, test.labels, k=5) >= classifier.score(x, test.labels)
+    ranked = np.argsort(-(x @ _weights(model, test.classes, templates).T), axis=1)
+    np.testing.assert_array_equal(classifier.predict(x), ranked[:, 0])
+    assert classifier.score(x, test.labels) == pytest.approx(np.mean(ranked[:, 0] == test.labels))
+    top5 = np.mean([label in row[:5] for label, row in zip(test.labels, ranked, strict=True)])
+    assert classifier.score(test, test.labels, k=5) == pytest.approx(top5)
 
 
 def test_bad_use_is_named(tiny_clip):
     model, _ = tiny_clip
     with pytest.raises(ValueError, match=r"exactly one '\{\}'"):
-        ZeroShotClassifier(model, ["a"], ["a photo"]).fit()
+        ZeroShotClassifier(model, ["a"], templates=["a photo"]).fit()
     with pytest.raises(TypeError, match="lists of strings, not one string"):
-        ZeroShotClassifier(model, ["a"], "a photo of a {}.").fit()
+        ZeroShotClassifier(model, ["a"], templates="a photo of a {}.").fit()
     with pytest.raises(ValueError, match="non-empty strings"):
         ZeroShotClassifier(model, ["a", ""]).fit()
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError):
         ZeroShotClassifier(model, ["a"]).predict(np.zeros((1, 32), np.float32))
     classifier = ZeroShotClassifier(model, ["a", "b"]).fit()
     with pytest.raises(ValueError, match="width 5; this model's is 32"):
         classifier.predict(np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match="pass preprocess="):
-        classifier.predict(data.shapes("test", 1))
+        classifier.predict(data.shapes_dataset("test", 1))

@@ -149,7 +149,9 @@ def image_folder(root: str | os.PathLike) -> ImageDataset:
     return ImageDataset(paths, labels, [f.name.replace("_", " ") for f in folders], root.name)
 
 
-def shapes(split: str = "test", n: int = 500, seed: int = 0, target: str = "shape") -> ImageDataset:
+def shapes_dataset(
+    split: str = "test", n: int = 500, seed: int = 0, target: str = "shape"
+) -> ImageDataset:
     """Single-object synthetic shapes (64x64) of workbench.demo; target shape, colour or combo."""
     from .demo import shapes as demo
 

@@ -14,7 +14,8 @@ PROJECTIONS = ("pca", "tsne", "umap")
 _AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE", "umap": "UMAP"}
 
 
-def _unit(features) -> np.ndarray:
+def _normalized(features) -> np.ndarray:
+    """Checked (N, D) features, L2-normalised in float64."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or not len(features):
         raise ValueError(f"features must be a non-empty (N, D) array, got shape {features.shape}")
@@ -23,7 +24,7 @@ def _unit(features) -> np.ndarray:
 
 def project(features, method: str = "pca", seed: int = 0) -> np.ndarray:
     """(N, 2) coordinates of L2-normalised features by PCA, t-SNE or UMAP (umap-learn)."""
-    x = _unit(features)
+    x = _normalized(features)
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -36,11 +37,11 @@ def project(features, method: str = "pca", seed: int = 0) -> np.ndarray:
     if method == "umap":
         try:
             import umap
-        except ImportError:
+        except ImportError as err:
             raise ImportError(
                 "UMAP projections need umap-learn, which is not installed: "
                 "`pip install umap-learn`, or use method='pca' or 'tsne'"
-            ) from None
+            ) from err
         return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
     raise ValueError(f"method must be one of {PROJECTIONS}, got {method!r}")
 
@@ -90,7 +91,7 @@ def plot_projection(
     import matplotlib.pyplot as plt
     from matplotlib.colors import CSS4_COLORS
 
-    image_features = _unit(image_features)
+    image_features = _normalized(image_features)
     count = len(image_features)
     labels = np.zeros(count, int) if labels is None else np.asarray(labels).reshape(-1)
     if len(labels) != count:
@@ -98,7 +99,7 @@ def plot_projection(
     classes = list(classes) if classes is not None else [str(c) for c in range(labels.max() + 1)]
     stacked = image_features
     if text_features is not None:
-        text_features = _unit(text_features)
+        text_features = _normalized(text_features)
         if len(text_features) != len(classes):
             raise ValueError(
                 f"one text embedding per class: {len(classes)} classes but "
@@ -152,7 +153,7 @@ def plot_projection(
 def modality_gap(image_features, text_features) -> float:
     """Liang et al. 2022's modality gap: the distance between the centroids of the L2-normalised
     image and text embeddings."""
-    image, text = _unit(image_features), _unit(text_features)
+    image, text = _normalized(image_features), _normalized(text_features)
     if image.shape[1] != text.shape[1]:
         raise ValueError(f"image embeddings have width {image.shape[1]}, text {text.shape[1]}")
     return float(np.linalg.norm(image.mean(0) - text.mean(0)))
@@ -161,7 +162,7 @@ def modality_gap(image_features, text_features) -> float:
 def plot_modality_gap(image_features, text_features, ax=None, title: str | None = None):
     """Liang et al.'s figure: matched image-text pairs (row i with row i) in a 2-D PCA of both
     modalities, with a line joining each pair; the gap is in the title. Returns the axes."""
-    image, text = _unit(image_features), _unit(text_features)
+    image, text = _normalized(image_features), _normalized(text_features)
     if image.shape != text.shape:
         raise ValueError(f"paired embeddings need equal shapes, got {image.shape} and {text.shape}")
     gap = modality_gap(image, text)
@@ -187,7 +188,7 @@ def plot_similarity(
 ):
     """OpenAI's Interacting_with_CLIP figure: text (rows, captions) x image (columns, thumbnails)
     cosine similarities, each written in its cell, with a colourbar. Returns the axes."""
-    similarity = _unit(text_features) @ _unit(image_features).T
+    similarity = _normalized(text_features) @ _normalized(image_features).T
     rows, columns = similarity.shape
     if len(captions) != rows or len(images) != columns:
         raise ValueError(

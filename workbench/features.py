@@ -116,6 +116,7 @@ def image_features(
     model,
     preprocess: Callable,
     images,
+    *,
     batch_size: int = 64,
     cache: str | os.PathLike | None = None,
     normalize: bool = False,
@@ -152,6 +153,7 @@ def image_features(
 def text_features(
     model,
     texts: str | Iterable[str],
+    *,
     batch_size: int = 256,
     cache: str | os.PathLike | None = None,
     normalize: bool = False,

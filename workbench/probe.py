@@ -8,10 +8,12 @@ best value until the step is 1/8 decade; the probe is then fitted on train + val
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
 
 SEED_C = 0.316  # OpenAI README's linear-probe example
 
@@ -51,11 +53,15 @@ def search_C(
     return 10.0**best, {10.0**e: s[0] for e, s in sorted(scores.items())}
 
 
-class LinearProbe:
-    """Logistic regression on features; C=None searches C on a validation split, as the paper."""
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """Logistic regression on features; C=None searches C on a validation split, as the paper.
+
+    A scikit-learn estimator; score is its accuracy.
+    """
 
     def __init__(
         self,
+        *,
         C: float | None = None,
         val_size: float = 0.2,
         max_iter: int = 1000,
@@ -85,19 +91,12 @@ class LinearProbe:
         self.classes_ = self.classifier_.classes_
         return self
 
-    def _fitted(self) -> LogisticRegression:
-        if not hasattr(self, "classifier_"):
-            raise RuntimeError("this LinearProbe is not fitted yet; call fit() first")
-        return self.classifier_
-
     def predict(self, X) -> np.ndarray:
         """Predicted labels."""
-        return self._fitted().predict(X)
+        check_is_fitted(self)
+        return self.classifier_.predict(X)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in classes_ order."""
-        return self._fitted().predict_proba(X)
-
-    def score(self, X, y) -> float:
-        """Accuracy on X against labels y."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        check_is_fitted(self)
+        return self.classifier_.predict_proba(X)

@@ -16,8 +16,9 @@ from mindspore import Tensor, ops
 from PIL import Image
 
 import clip
+from clip.model import ModifiedResNet, VisionTransformer, l2_normalize
 from clip.tokenizer import SimpleTokenizer
-from clip.transform import MEAN, STD
+from clip.transform import MEAN, STD, center_crop
 
 VIT_METHODS = ("chefer", "rollout", "maskclip")
 RESNET_METHODS = ("gradcam", "attnpool", "maskclip")
@@ -32,7 +33,7 @@ UNITS = {
 
 def available_methods(model) -> tuple[str, ...]:
     """The saliency methods that fit a model's image encoder."""
-    return VIT_METHODS if hasattr(model.visual, "transformer") else RESNET_METHODS
+    return VIT_METHODS if isinstance(model.visual, VisionTransformer) else RESNET_METHODS
 
 
 def _images(model, image) -> tuple[Tensor, bool]:
@@ -66,14 +67,6 @@ def _tokens(model, text, count: int) -> np.ndarray:
 @cache
 def _tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
-
-
-def _unit(x):
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _text_features(model, tokens: np.ndarray) -> Tensor:
-    return _unit(model.encode_text(Tensor(tokens)))
 
 
 def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,8 +109,8 @@ def _product(steps: Sequence[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _vit(model, name: str):
-    if not hasattr(model.visual, "transformer"):
+def _vit(model, name: str) -> VisionTransformer:
+    if not isinstance(model.visual, VisionTransformer):
         raise ValueError(
             f"{name} needs a ViT image encoder; for a ResNet use one of {RESNET_METHODS}"
         )
@@ -129,7 +122,7 @@ def rollout(model, image, start_layer: int = 0) -> np.ndarray:
     (residual) and row-normalised, from start_layer on; the class token's row over patches."""
     visual = _vit(model, "rollout")
     images, single = _images(model, image)
-    probs = visual.transformer.trace(visual.embed(images))[2]
+    probs = visual.trace(images)[2]
     start = _layer(start_layer, len(probs))
     steps = []
     for p in probs[start:]:
@@ -138,13 +131,17 @@ def rollout(model, image, start_layer: int = 0) -> np.ndarray:
     return _finish(model, _product(steps)[:, 0, 1:], single)
 
 
+def _pairs(logits: Tensor) -> Tensor:
+    """The sum of the matching pairs' logits (image i with text i): the trace."""
+    return (logits * ops.eye(logits.shape[0], logits.shape[1], logits.dtype)).sum()
+
+
 def _gradients(model, images: Tensor, tokens: np.ndarray) -> tuple[list, list, list, list]:
     """Attention probabilities of both towers and the gradients of the pairs' logits (image i with
     text i) with respect to them: image probs, image grads, text probs, text grads."""
     visual = model.visual
-    x = visual.embed(images)
     eot = Tensor(tokens.argmax(-1).astype(np.int32))
-    n, length = x.shape[:2]
+    n, length = len(images), visual.positional_embedding.shape[0]
     image_heads = [b.attn.heads for b in visual.transformer.resblocks]
     text_heads = [b.attn.heads for b in model.transformer.resblocks]
     size = tokens.shape[1]
@@ -153,11 +150,9 @@ def _gradients(model, images: Tensor, tokens: np.ndarray) -> tuple[list, list, l
     split = len(image_heads)
 
     def logits(*offsets):
-        out, _, image_probs = visual.transformer.trace(x, offsets=offsets[:split])
-        image = ops.matmul(visual.ln_post(out[:, 0]), visual.proj)
+        image, _, image_probs = visual.trace(images, offsets[:split])
         text, _, text_probs = model.trace_tokens(Tensor(tokens), eot, offsets[split:])
-        pairs = (_unit(image) * _unit(text)).sum(-1) * model.logit_scale.exp()
-        return pairs.sum(), image_probs, text_probs
+        return _pairs(model.logits(image, text)), image_probs, text_probs
 
     positions = tuple(range(len(offsets)))
     grads, (image_probs, text_probs) = ms.grad(logits, positions, has_aux=True)(*offsets)
@@ -223,25 +218,25 @@ def maskclip(model, image, text) -> np.ndarray:
     the last attention block (ViT: out_proj, ln_post, proj; ResNet: the attention pool's v_proj
     and c_proj) taken as an image embedding and compared with the text's."""
     images, single = _images(model, image)
-    text_features = _text_features(model, _tokens(model, text, len(images)))
+    text_features = model.encode_text(Tensor(_tokens(model, text, len(images))), normalize=True)
     visual = model.visual
-    if hasattr(visual, "transformer"):
-        inputs = visual.transformer.trace(visual.embed(images))[1]
+    if isinstance(visual, VisionTransformer):
+        inputs = visual.trace(images)[1]
         block = visual.transformer.resblocks[-1]
         width = inputs[-1].shape[-1]
         weight, bias = block.attn.in_proj_weight[2 * width :], block.attn.in_proj_bias[2 * width :]
         values = ops.matmul(block.ln_1(inputs[-1][:, 1:]), weight.T) + bias
-        dense = ops.matmul(visual.ln_post(block.attn.out_proj(values)), visual.proj)
+        dense = visual.head(block.attn.out_proj(values))
     else:
         x = visual.stages(images)
         x = x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1)
         dense = visual.attnpool.c_proj(visual.attnpool.v_proj(x))
-    similarity = (_unit(dense) * text_features[:, None]).sum(-1)
+    similarity = (l2_normalize(dense) * text_features[:, None]).sum(-1)
     return _finish(model, similarity.asnumpy(), single)
 
 
-def _resnet(model, name: str):
-    if hasattr(model.visual, "transformer"):
+def _resnet(model, name: str) -> ModifiedResNet:
+    if not isinstance(model.visual, ModifiedResNet):
         raise ValueError(f"{name} needs a ResNet image encoder; for a ViT use one of {VIT_METHODS}")
     return model.visual
 
@@ -251,12 +246,11 @@ def gradcam(model, image, text) -> np.ndarray:
     the image-text logit's gradient."""
     visual = _resnet(model, "gradcam")
     images, single = _images(model, image)
-    text_features = _text_features(model, _tokens(model, text, len(images)))
+    text_features = model.encode_text(Tensor(_tokens(model, text, len(images))))
     activations = visual.stages(images)
 
     def logits(x):
-        image = _unit(visual.attnpool(x))
-        return ((image * text_features).sum(-1) * model.logit_scale.exp()).sum()
+        return _pairs(model.logits(visual.attnpool(x), text_features))
 
     grads = ms.grad(logits)(activations).asnumpy()
     weights = grads.mean(axis=(2, 3), keepdims=True)
@@ -295,13 +289,11 @@ def heatmap(
 def to_original(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (n, n) heatmap of a preprocessed image mapped onto the original image of size (width,
     height): the centre crop preprocess took is filled, the rest (never seen) is NaN."""
-    n = heatmap.shape[-1]
     width, height = size
-    resized = (n, int(n * height / width)) if width <= height else (int(n * width / height), n)
+    resized, (left, top, right, bottom) = center_crop(size, heatmap.shape[-1])
     scale_x, scale_y = width / resized[0], height / resized[1]
-    left, top = int(round((resized[0] - n) / 2.0)), int(round((resized[1] - n) / 2.0))
     x0, y0 = round(left * scale_x), round(top * scale_y)
-    x1, y1 = round((left + n) * scale_x), round((top + n) * scale_y)
+    x1, y1 = round(right * scale_x), round(bottom * scale_y)
     result = np.full((height, width), np.nan, np.float32)
     result[y0:y1, x0:x1] = _upsample(heatmap, (y1 - y0, x1 - x0))
     return result

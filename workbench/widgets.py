@@ -7,16 +7,27 @@ Bad input shows a message in the front end and in `.error` instead of raising.
 
 import hashlib
 import io
+import re
 from collections.abc import Sequence
 
 import ipywidgets as widgets
 import numpy as np
 from PIL import Image
 
+from clip.model import VisionTransformer
+
 from . import embeddings, prompts, saliency
 from .data import ImageDataset, load_image
 from .features import image_features, text_features
-from .zeroshot import class_weights, softmax, top_k_accuracy
+from .zeroshot import (
+    ZeroShotClassifier,
+    class_weights,
+    embed_prompts,
+    ensemble_accuracy,
+    logits,
+    per_template_accuracy,
+    softmax,
+)
 
 TYPED = "(typed)"
 
@@ -43,6 +54,11 @@ def _image_png(image, side: int = 160) -> bytes:
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _synonyms(line: str) -> list[str]:
+    """The names of a class line: 'happy / joyful' is two synonyms ('F/A-18', unspaced, is one)."""
+    return re.split(r"\s+/\s+", line)
 
 
 def _gallery(images) -> list:
@@ -81,16 +97,18 @@ class PromptLab(_Front):
     """Class names x templates -> zero-shot probabilities of an image, live.
 
     Type class names and templates (one per line, '{}' for the class name) or pick a template
-    library; choose an image from the gallery or upload one. Shows probability bars, the
-    probabilities under each template alone, and on request the accuracy on a labelled set.
-    Text embeddings are cached per prompt, so an edit only encodes the prompts it adds.
+    library; choose an image from the gallery or upload one. A class line may list synonyms
+    separated by ' / ' ("happy / joyful"), averaged as ZeroShotClassifier averages a class given as
+    a list; a class passed as a list is shown that way. Shows probability bars, the probabilities
+    under each template alone, and on request the accuracy on a labelled set. Text embeddings are
+    cached per prompt, so an edit only encodes the prompts it adds.
     """
 
     def __init__(
         self,
         model,
         preprocess,
-        classes: Sequence[str] | None = None,
+        classes: Sequence[str | Sequence[str]] | None = None,
         templates: Sequence[str] = ("a photo of a {}.",),
         gallery=None,
         labelled: ImageDataset | None = None,
@@ -98,6 +116,7 @@ class PromptLab(_Front):
         self.model, self.preprocess, self.labelled = model, preprocess, labelled
         self.gallery = _gallery(gallery if gallery is not None else labelled)
         classes = list(classes if classes is not None else (labelled.classes if labelled else []))
+        classes = [c if isinstance(c, str) else " / ".join(c) for c in classes]
         self.logit_scale = float(np.exp(model.logit_scale.asnumpy()))
         self.classes, self.templates = classes, list(templates)
         self.image, self.probs, self.template_probs = None, None, None
@@ -188,33 +207,25 @@ class PromptLab(_Front):
         self.picture.value = _image_png(image)
         self.update()
 
-    def _text_embeddings(self) -> np.ndarray:
-        """(T, C, D) normalised embeddings of every template x class prompt, new ones encoded."""
-        texts = [t.format(c) for t in self.templates for c in self.classes]
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """Text features of prompts, memoised per prompt: only unseen prompts are encoded."""
         missing = [p for p in dict.fromkeys(texts) if p not in self._texts]
         if missing:
-            encoded = text_features(self.model, missing, normalize=True, progress=False)
+            encoded = text_features(self.model, missing, progress=False)
             self._texts.update(zip(missing, encoded, strict=True))
-        stacked = np.stack([self._texts[p] for p in texts])
-        return stacked.reshape(len(self.templates), len(self.classes), -1)
+        return np.stack([self._texts[p] for p in texts])
 
     def _checked_embeddings(self) -> np.ndarray | None:
-        """_text_embeddings of valid inputs; else None, with the problem shown."""
-        if not self.classes:
-            self._fail("type at least one class name, one per line")
-        elif not self.templates:
-            self._fail("type at least one template, one per line, with '{}' for the class name")
-        elif bad := [t for t in self.templates if t.count("{}") != 1]:
-            self._fail(f"each template needs exactly one '{{}}' for the class name: {bad[0]!r}")
-        else:
-            try:
-                embedded = self._text_embeddings()
-            except RuntimeError as error:  # a prompt too long for the context
-                self._fail(str(error))
-                return None
-            self._ok()
-            return embedded
-        return None
+        """(T, C, D) embeddings of the current classes x templates; None, with the problem shown,
+        for bad input."""
+        classnames = [_synonyms(c) for c in self.classes]
+        try:
+            embedded = embed_prompts(self._encode, classnames, self.templates)
+        except (ValueError, RuntimeError) as error:  # RuntimeError: a prompt too long to tokenize
+            self._fail(str(error))
+            return None
+        self._ok()
+        return embedded
 
     def update(self) -> None:
         """Recompute probabilities and the per-template breakdown for the current inputs."""
@@ -231,8 +242,10 @@ class PromptLab(_Front):
             )
             self._images[self._key] = features[0]
         feature = self._images[self._key]
-        self.probs = softmax(self.logit_scale * class_weights(embedded) @ feature)
-        self.template_probs = softmax(self.logit_scale * embedded @ feature)
+        scale = self.logit_scale
+        self.probs = softmax(logits(feature, class_weights(embedded), scale))
+        alone = [logits(feature, class_weights(embedded, [t]), scale) for t in range(len(embedded))]
+        self.template_probs = softmax(np.stack(alone))
         self._draw()
 
     def _draw(self) -> None:
@@ -276,13 +289,11 @@ class PromptLab(_Front):
             self._labelled_features = image_features(
                 self.model, self.preprocess, self.labelled, normalize=True, progress=False
             )
-        y = self.labelled.labels
-        features = self._labelled_features
-        self.accuracy = top_k_accuracy(features @ class_weights(embedded).T, y)
-        self.template_accuracy = {
-            t: top_k_accuracy(features @ class_weights(embedded, [i]).T, y)
-            for i, t in enumerate(self.templates)
-        }
+        y, features = self.labelled.labels, self._labelled_features
+        self.accuracy = ensemble_accuracy(features, embedded, y)
+        self.template_accuracy = dict(
+            zip(self.templates, per_template_accuracy(features, embedded, y), strict=True)
+        )
         best = max(self.template_accuracy, key=self.template_accuracy.get)
         self.result.value = (
             f"<b>accuracy on {self.labelled.name}</b> ({len(y)} images): "
@@ -299,7 +310,7 @@ class SaliencyExplorer(_Front):
         self.gallery = _gallery(images)
         if not self.gallery:
             raise ValueError("SaliencyExplorer needs at least one image")
-        vit = hasattr(model.visual, "transformer")
+        vit = isinstance(model.visual, VisionTransformer)
         self.layers = len(model.visual.transformer.resblocks) if vit else 0
         self.heatmap, self.figure, self.tokens, self.error = None, None, None, None
 
@@ -428,14 +439,10 @@ class EmbeddingExplorer(_Front):
             images = image_features(
                 self.model, self.preprocess, data, cache=self.cache, normalize=True, progress=False
             )
-            texts = text_features(
-                self.model,
-                [self.template.format(c) for c in data.classes],
-                cache=self.cache,
-                normalize=True,
-                progress=False,
-            )
-            self._memo[name] = (data, images, texts, (images @ texts.T).argmax(-1))
+            classifier = ZeroShotClassifier(
+                self.model, data.classes, templates=[self.template], cache=self.cache
+            ).fit()
+            self._memo[name] = (data, images, classifier.weights_, classifier.predict(images))
         return self._memo[name]
 
     def update(self) -> None:

@@ -2,15 +2,21 @@
 
 As in OpenAI's prompt-engineering notebook: a class's weight is the mean of its L2-normalised text
 embeddings over the templates, normalised again; logits are the model's logit scale times cosine
-similarity. Templates are ranked or chosen greedily on labelled image features.
+similarity. A class may have synonyms, averaged per template. Templates are ranked or chosen
+greedily on labelled image features. ZeroShotClassifier and the widgets share the functions here.
 """
 
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from .features import image_features, l2_normalize, text_features
+
+ClassNames = Sequence[str | Sequence[str]]  # a class is a name, or a list of synonyms
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,7 +27,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_k_accuracy(scores: np.ndarray, y, k: int = 1) -> float:
-    """Fraction of rows whose true label is among the k highest scores (ties: lower index first)."""
+    """Fraction of rows whose true column y is among the k highest scores (ties: lower first)."""
     y = np.asarray(y).reshape(-1)
     if scores.ndim != 2 or len(scores) != len(y):
         raise ValueError(f"scores (N, C) and N labels expected, got {scores.shape} and {len(y)}")
@@ -31,54 +37,123 @@ def top_k_accuracy(scores: np.ndarray, y, k: int = 1) -> float:
     return float((top == y[:, None]).any(axis=1).mean())
 
 
-class ZeroShotClassifier:
-    """Zero-shot classifier over class names (a name, or a list of synonyms) and templates."""
+def embed_prompts(
+    encode: Callable[[list[str]], np.ndarray], classnames: ClassNames, templates: Sequence[str]
+) -> np.ndarray:
+    """(T, C, D) embedding of each template x class: the mean over the class's synonyms of their
+    L2-normalised prompt embeddings; encode maps a list of prompts to (N, D) text features."""
+    if isinstance(classnames, str) or isinstance(templates, str):
+        raise TypeError("classnames and templates must be lists of strings, not one string")
+    names = [[c] if isinstance(c, str) else list(c) for c in classnames]
+    templates = list(templates)
+    if not names:
+        raise ValueError("need at least one class name")
+    if not templates:
+        raise ValueError("need at least one template, with '{}' for the class name")
+    if bad := [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]:
+        raise ValueError(f"each template needs exactly one '{{}}' for the class name: {bad}")
+    if bad := [n for n in names if not n or not all(isinstance(s, str) and s for s in n)]:
+        raise ValueError(f"class names must be non-empty strings or lists of them: {bad}")
+    prompts = [t.format(s) for t in templates for n in names for s in n]
+    embedded = l2_normalize(np.asarray(encode(prompts)))
+    bounds = np.cumsum([0] + [len(n) for n in names] * len(templates))
+    means = np.add.reduceat(embedded, bounds[:-1]) / np.diff(bounds)[:, None]
+    return means.reshape(len(templates), len(names), -1)
+
+
+def class_weights(
+    text_embeddings: np.ndarray, templates: Sequence[int] | None = None
+) -> np.ndarray:
+    """(C, D) class weights from (T, C, D) per-template embeddings, over the chosen templates."""
+    chosen = text_embeddings if templates is None else text_embeddings[list(templates)]
+    return l2_normalize(chosen.mean(axis=0))
+
+
+def logits(features: np.ndarray, weights: np.ndarray, logit_scale: float = 1.0) -> np.ndarray:
+    """(N, C) logits: logit_scale times the cosine similarity of unit image features and weights."""
+    return logit_scale * features @ weights.T
+
+
+def ensemble_accuracy(
+    features: np.ndarray, text_embeddings: np.ndarray, y, templates: Sequence[int] | None = None,
+    k: int = 1,
+) -> float:  # fmt: skip
+    """Top-k accuracy on unit image features of the ensemble of the chosen templates (all: None);
+    y holds class indices."""
+    return top_k_accuracy(logits(features, class_weights(text_embeddings, templates)), y, k)
+
+
+def per_template_accuracy(
+    features: np.ndarray, text_embeddings: np.ndarray, y, k: int = 1
+) -> list[float]:
+    """Top-k accuracy of each template alone, in template order; y holds class indices."""
+    templates = range(len(text_embeddings))
+    return [ensemble_accuracy(features, text_embeddings, y, [t], k) for t in templates]
+
+
+def _columns(classes: np.ndarray, y) -> np.ndarray:
+    """The column of classes holding each label of y; a ValueError names labels not in classes."""
+    column = {label: i for i, label in enumerate(classes.tolist())}
+    values, inverse = np.unique(np.asarray(y).reshape(-1), return_inverse=True)
+    if unknown := [v for v in values.tolist() if v not in column]:
+        raise ValueError(f"y holds labels that are not among the classifier's classes_: {unknown}")
+    return np.array([column[v] for v in values.tolist()], dtype=np.intp)[inverse.reshape(-1)]
+
+
+class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+    """Zero-shot classifier over class names (a name, or a list of synonyms) and templates.
+
+    A scikit-learn estimator: fit embeds the prompts and learns nothing from X or y; labels are
+    what predict returns for each class name (default 0 .. C-1), and what score's y holds.
+    """
 
     def __init__(
         self,
         model,
-        classnames: Sequence[str | Sequence[str]],
+        classnames: ClassNames,
+        *,
         templates: Sequence[str] = ("a photo of a {}.",),
+        labels: Sequence | None = None,
         preprocess: Callable | None = None,
         batch_size: int = 256,
         cache: str | os.PathLike | None = None,
         progress: bool = False,
     ):
         self.model, self.classnames, self.templates = model, classnames, templates
-        self.preprocess, self.batch_size = preprocess, batch_size
+        self.labels, self.preprocess, self.batch_size = labels, preprocess, batch_size
         self.cache, self.progress = cache, progress
 
+    def __sklearn_clone__(self) -> "ZeroShotClassifier":
+        """An unfitted copy that shares the model (a fixed feature extractor, not worth copying)."""
+        params = self.get_params(deep=False)
+        del params["model"]
+        return type(self)(self.model, **{k: clone(v, safe=False) for k, v in params.items()})
+
     def fit(self, X=None, y=None) -> "ZeroShotClassifier":
-        """Embed every template x class name; X and y are ignored (nothing is learnt from them)."""
-        if isinstance(self.classnames, str) or isinstance(self.templates, str):
-            raise TypeError("classnames and templates must be lists of strings, not one string")
-        names = [[c] if isinstance(c, str) else list(c) for c in self.classnames]
-        templates = list(self.templates)
-        if not names or not templates:
-            raise ValueError("need at least one class name and one template")
-        if bad := [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]:
-            raise ValueError(f"each template needs exactly one '{{}}' for the class name: {bad}")
-        if bad := [n for n in names if not n or not all(isinstance(s, str) and s for s in n)]:
-            raise ValueError(f"class names must be non-empty strings or lists of them: {bad}")
-        texts = [t.format(s) for t in templates for n in names for s in n]
-        embedded = text_features(self.model, texts, self.batch_size, self.cache, normalize=True,
+        """Embed every template x class name; X is ignored, and y only checked against labels."""
+
+        def encode(texts: list[str]) -> np.ndarray:
+            return text_features(self.model, texts, batch_size=self.batch_size, cache=self.cache,
                                  progress=self.progress)  # fmt: skip
-        per_class = np.cumsum([0] + [len(n) for n in names] * len(templates))
-        means = np.add.reduceat(embedded, per_class[:-1]) / np.diff(per_class)[:, None]
-        # (templates, classes, D): each template's embedding per class (mean over synonyms)
-        self.text_embeddings_ = means.reshape(len(templates), len(names), -1)
-        self.weights_ = class_weights(self.text_embeddings_)
-        self.classes_ = np.arange(len(names))
+
+        text_embeddings = embed_prompts(encode, self.classnames, self.templates)
+        count = text_embeddings.shape[1]
+        classes = np.arange(count) if self.labels is None else np.asarray(self.labels)
+        if classes.shape != (count,) or len(np.unique(classes)) != count:
+            raise ValueError(
+                f"labels must be {count} distinct labels, one per class: {self.labels}"
+            )
+        if y is not None:
+            _columns(classes, y)
+        self.text_embeddings_ = text_embeddings  # (templates, classes, D)
+        self.weights_ = class_weights(text_embeddings)
+        self.classes_ = classes
         self.logit_scale_ = float(np.exp(self.model.logit_scale.asnumpy()))
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "weights_"):
-            raise RuntimeError("this ZeroShotClassifier is not fitted yet; call fit() first")
-
     def image_features(self, X) -> np.ndarray:
         """L2-normalised image features of X: (N, D) float features as given, or images."""
-        self._check_fitted()
+        check_is_fitted(self)
         width = self.weights_.shape[1]
         if isinstance(X, np.ndarray) and X.ndim == 2 and np.issubdtype(X.dtype, np.floating):
             if X.shape[1] != width:
@@ -92,39 +167,37 @@ class ZeroShotClassifier:
 
     def decision_function(self, X) -> np.ndarray:
         """Logits (N, C): the logit scale times cosine similarity with each class weight."""
-        features = self.image_features(X)
-        return self.logit_scale_ * features @ self.weights_.T
+        return logits(self.image_features(X), self.weights_, self.logit_scale_)
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of the logits over classes, (N, C)."""
         return softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
-        """The class index with the highest logit, (N,)."""
-        return self.decision_function(X).argmax(axis=1)
+        """The label of the class with the highest logit, (N,)."""
+        columns = self.decision_function(X).argmax(axis=1)
+        return self.classes_[columns]
 
     def score(self, X, y, k: int = 1) -> float:
         """Top-k accuracy on X against labels y (k=1: accuracy; k=5: top-5)."""
-        return top_k_accuracy(self.decision_function(X), y, k)
+        return top_k_accuracy(self.decision_function(X), _columns(self.classes_, y), k)
 
 
-def class_weights(
-    text_embeddings: np.ndarray, templates: Sequence[int] | None = None
-) -> np.ndarray:
-    """(C, D) class weights from (T, C, D) per-template embeddings, over the chosen templates."""
-    chosen = text_embeddings if templates is None else text_embeddings[list(templates)]
-    return l2_normalize(chosen.mean(axis=0))
+def _fitted(classifier: ZeroShotClassifier) -> ZeroShotClassifier:
+    """The classifier if fitted, else a fitted clone: the caller's classifier stays as it is."""
+    try:
+        check_is_fitted(classifier)
+    except NotFittedError:
+        return clone(classifier).fit()
+    return classifier
 
 
 def template_accuracies(classifier: ZeroShotClassifier, X, y, k: int = 1) -> dict[str, float]:
     """Top-k accuracy of each template on its own, on labelled images or image features X."""
-    if not hasattr(classifier, "weights_"):
-        classifier.fit()
-    features = classifier.image_features(X)
-    return {
-        template: top_k_accuracy(features @ class_weights(classifier.text_embeddings_, [i]).T, y, k)
-        for i, template in enumerate(classifier.templates)
-    }
+    fitted = _fitted(classifier)
+    features, columns = fitted.image_features(X), _columns(fitted.classes_, y)
+    accuracies = per_template_accuracy(features, fitted.text_embeddings_, columns, k)
+    return dict(zip(fitted.templates, accuracies, strict=True))
 
 
 def forward_select_templates(
@@ -132,17 +205,16 @@ def forward_select_templates(
 ) -> list[tuple[str, float]]:
     """Greedy forward selection: add the template that most raises validation top-k accuracy,
     stop when none raises it; returns (template, accuracy with it added) in order of addition."""
-    if not hasattr(classifier, "weights_"):
-        classifier.fit()
-    features = classifier.image_features(X)
-    templates = list(classifier.templates)
+    fitted = _fitted(classifier)
+    features, columns = fitted.image_features(X), _columns(fitted.classes_, y)
+    templates = list(fitted.templates)
     chosen: list[int] = []
     path: list[tuple[str, float]] = []
     best = -1.0
     while len(chosen) < min(max_templates or len(templates), len(templates)):
         candidates = [i for i in range(len(templates)) if i not in chosen]
-        weights = [class_weights(classifier.text_embeddings_, chosen + [i]) for i in candidates]
-        scores = [top_k_accuracy(features @ w.T, y, k) for w in weights]
+        scores = [ensemble_accuracy(features, fitted.text_embeddings_, columns, chosen + [i], k)
+                  for i in candidates]  # fmt: skip
         pick = int(np.argmax(scores))  # first of equals: the earlier template
         if scores[pick] <= best:
             break

@@ -92,15 +92,15 @@ def detect_format(path: str | os.PathLike) -> str:
         with open(path, "rb") as file:
             head = file.read(1024)
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from None
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror})") from err
     if not head:
         raise CheckpointError(f"{path}: is empty (0 bytes); the download or copy was cut short")
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
-            raise CheckpointError(f"{path}: is a truncated or corrupt zip archive") from None
+        except zipfile.BadZipFile as err:
+            raise CheckpointError(f"{path}: is a truncated or corrupt zip archive") from err
         if kind := zip_kind(names):
             return kind
         if names and all(n.endswith(".npy") for n in names):
@@ -129,7 +129,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except CheckpointError:
         raise
     except Exception as err:  # whatever a damaged file makes a reader trip on: one clear error
-        raise CheckpointError(f"{path}: corrupt {FORMATS[fmt]} file ({err})") from None
+        raise CheckpointError(f"{path}: corrupt {FORMATS[fmt]} file ({err})") from err
     if not tensors:
         raise CheckpointError(f"{path}: holds no tensors")
     convention = naming(tensors)

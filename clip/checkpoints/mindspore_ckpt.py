@@ -20,7 +20,7 @@ def read_ckpt(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             params = mindspore.load_checkpoint(str(source))
         except (ValueError, RuntimeError, TypeError) as err:
-            raise CheckpointError(f"{path}: corrupt or truncated MindSpore .ckpt ({err})") from None
+            raise CheckpointError(f"{path}: corrupt or truncated MindSpore .ckpt ({err})") from err
     arrays = {name: p.asnumpy() for name, p in params.items()}
     bf16 = {name for name, p in params.items() if p.dtype == mindspore.bfloat16}
     return {name: a.view(np.uint16).view(BF16) if name in bf16 else a for name, a in arrays.items()}

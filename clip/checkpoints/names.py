@@ -37,8 +37,11 @@ _HF_TRANSPOSED = {
 _QKV = re.compile(r"^(.*)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 _MINDCV = {".gamma": ".weight", ".beta": ".bias", ".embedding_table": ".weight",
            ".moving_mean": ".running_mean", ".moving_variance": ".running_var"}  # fmt: skip
-# not weights: OpenAI's TorchScript keeps the model's sizes as tensors, mindcv its causal mask
-_DROPPED = re.compile(r"^(input_resolution|context_length|vocab_size)$|\.(attn_mask|position_ids)$")
+# not weights: OpenAI's TorchScript keeps the model's sizes as tensors, mindcv its causal mask,
+# torch's BatchNorm a step counter
+_DROPPED = re.compile(
+    r"^(input_resolution|context_length|vocab_size)$|\.(attn_mask|position_ids|num_batches_tracked)$"
+)
 
 
 def naming(names) -> str:
@@ -79,8 +82,12 @@ def _from_mindcv(name: str) -> str:
     return name
 
 
-def canonical(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors under OpenAI's names: any convention mapped, a `module.` prefix stripped."""
+def canonical(
+    tensors: dict[str, np.ndarray], path: str | os.PathLike = "state dict"
+) -> dict[str, np.ndarray]:
+    """The tensors under OpenAI's names: any convention mapped, a `module.` prefix stripped, what
+    is not a weight dropped, an older (1,) logit_scale made a scalar. The one place a state dict
+    is cleaned up; path names it in errors."""
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     convention = naming(tensors)
@@ -89,6 +96,6 @@ def canonical(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> dict[s
     elif convention == "mindcv":
         tensors = {_from_mindcv(k): v for k, v in tensors.items()}
     tensors = {k: v for k, v in tensors.items() if not _DROPPED.search(k)}
-    if "logit_scale" in tensors and tensors["logit_scale"].shape == (1,):  # older files
-        tensors["logit_scale"] = tensors["logit_scale"].reshape(())
+    if "logit_scale" in tensors and np.shape(tensors["logit_scale"]) == (1,):  # older files
+        tensors["logit_scale"] = np.reshape(tensors["logit_scale"], ())
     return tensors

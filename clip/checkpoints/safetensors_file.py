@@ -19,7 +19,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         entries = safetensors.deserialize(Path(path).read_bytes())
     except safetensors.SafetensorError as err:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from err
     tensors = {}
     for name, entry in entries:
         if entry["dtype"] not in _DTYPES:

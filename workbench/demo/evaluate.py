@@ -5,27 +5,23 @@ python -m workbench.demo.evaluate --model clip/weights/demo.ckpt
 
 import argparse
 
-import numpy as np
-
 import clip
 from clip.model import CLIP
 from clip.transform import Preprocess
 
-from ..features import image_features, l2_normalize
+from ..features import image_features
+from ..zeroshot import ZeroShotClassifier
 from . import shapes
 
 TEMPLATE = "a photo of a {}."
 COLOUR_TEMPLATE = "a photo of a {} shape."
 
 
-def _unit(features: np.ndarray) -> np.ndarray:
-    return l2_normalize(features.astype(np.float64))
-
-
-def classify(image: np.ndarray, model: CLIP, classes: list[str], template: str) -> np.ndarray:
-    """Index of the best-matching class prompt for each row of unit image features."""
+def zero_shot(model: CLIP, classes: list[str], template: str) -> ZeroShotClassifier:
+    """A fitted zero-shot classifier over classes (its labels) with one prompt per class: the
+    template filled in, 'a' before a vowel turned into 'an'."""
     prompts = [shapes.with_articles(template.format(c)) for c in classes]
-    return (image @ _unit(model.encode_text(clip.tokenize(prompts)).asnumpy()).T).argmax(-1)
+    return ZeroShotClassifier(model, prompts, templates=["{}"], labels=classes).fit()
 
 
 def evaluate(model: CLIP, preprocess: Preprocess, n: int = 300, seed: int = 0) -> dict[str, float]:
@@ -35,32 +31,31 @@ def evaluate(model: CLIP, preprocess: Preprocess, n: int = 300, seed: int = 0) -
     colour+shape chosen among all combinations, on heldout (combo_heldout) and test (combo_seen).
     """
     samples = {split: shapes.generate(split, n, seed, objects=1) for split in ("test", "heldout")}
-    image = {  # each split encoded once, for all three tasks
-        split: _unit(image_features(model, preprocess, [s.image for s in ss], 100, progress=False))
+    features = {  # each split encoded once, for all three tasks
+        split: image_features(
+            model, preprocess, [s.image for s in ss], batch_size=100, progress=False
+        )
         for split, ss in samples.items()
     }
+    tasks = {  # classes, template, and the class an object belongs to
+        "shape": (list(shapes.SHAPES), TEMPLATE, lambda o: o.shape),
+        "colour": (list(shapes.COLOURS), COLOUR_TEMPLATE, lambda o: o.colour),
+        "combo": (list(shapes.COMBOS), TEMPLATE, lambda o: f"{o.colour} {o.shape}"),
+    }
+    classifiers = {task: zero_shot(model, classes, template)
+                   for task, (classes, template, _) in tasks.items()}  # fmt: skip
 
-    def accuracy(split, classes, template, name):
-        predicted = classify(image[split], model, classes, template)
-        truth = [classes.index(name(s.labels[0])) for s in samples[split]]
-        return float(np.mean(predicted == truth))
-
-    def shape(split):
-        return accuracy(split, list(shapes.SHAPES), TEMPLATE, lambda o: o.shape)
-
-    def colour(split):
-        return accuracy(split, list(shapes.COLOURS), COLOUR_TEMPLATE, lambda o: o.colour)
-
-    def combo(split):
-        return accuracy(split, list(shapes.COMBOS), TEMPLATE, lambda o: f"{o.colour} {o.shape}")
+    def accuracy(task: str, split: str) -> float:
+        name = tasks[task][2]
+        return classifiers[task].score(features[split], [name(s.labels[0]) for s in samples[split]])
 
     return {
-        "shape": shape("test"),
-        "colour": colour("test"),
-        "shape_heldout": shape("heldout"),
-        "colour_heldout": colour("heldout"),
-        "combo_seen": combo("test"),
-        "combo_heldout": combo("heldout"),
+        "shape": accuracy("shape", "test"),
+        "colour": accuracy("colour", "test"),
+        "shape_heldout": accuracy("shape", "heldout"),
+        "colour_heldout": accuracy("colour", "heldout"),
+        "combo_seen": accuracy("combo", "test"),
+        "combo_heldout": accuracy("combo", "heldout"),
     }
 
 

@@ -15,16 +15,16 @@ from tqdm.auto import tqdm
 
 from clip import tokenize
 from clip.checkpoints import write_ckpt
-from clip.model import CLIP
+from clip.model import CLIP, CLIPConfig
 from clip.transform import transform
 
 from . import shapes
 from .evaluate import evaluate
 
 # The real BPE vocabulary and context: clip.load reads the result like any OpenAI checkpoint.
-DEMO = dict(embed_dim=64, image_resolution=shapes.SIZE, vision_layers=4, vision_width=128,
-            vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=64,
-            transformer_heads=1, transformer_layers=3)  # fmt: skip
+DEMO = CLIPConfig(embed_dim=64, image_resolution=shapes.SIZE, vision_layers=4, vision_width=128,
+                  vision_patch_size=8, context_length=77, vocab_size=49408, transformer_width=64,
+                  transformer_layers=3)  # fmt: skip
 TEXT_LENGTH = 32  # every caption fits; causal attention makes the padding beyond eot irrelevant
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -58,11 +58,7 @@ def initialise(model: CLIP, seed: int) -> None:
 
 def contrastive_loss(model: CLIP, images: Tensor, tokens: Tensor, eot: Tensor):
     """Symmetric InfoNCE over a batch of matching (image, text) pairs, and the logits."""
-    image = model.visual(images)
-    text = model.encode_tokens(tokens, eot)
-    image = image / image.norm(dim=-1, keepdim=True)
-    text = text / text.norm(dim=-1, keepdim=True)
-    logits = model.logit_scale.exp() * ops.matmul(image, text.T)
+    logits = model.logits(model.visual(images), model.encode_tokens(tokens, eot))
     labels = ops.arange(logits.shape[0], dtype=ms.int32)
     loss = (ops.cross_entropy(logits, labels) + ops.cross_entropy(logits.T, labels)) / 2
     return loss, logits
@@ -131,13 +127,13 @@ def train(
     warmup: int = 100,
     weight_decay: float = 0.1,
     clip_norm: float = 1.0,
-    config: dict | None = None,
+    config: CLIPConfig = DEMO,
     jit: bool = True,
     progress: bool = True,
 ) -> tuple[CLIP, list[float]]:
     """A CLIP trained from scratch on the shapes train split; also the loss of every step."""
     ms.set_seed(seed)
-    model = CLIP(**(config or DEMO))
+    model = CLIP(config)
     initialise(model, seed)
     model.set_train(True)
     params = model.trainable_params()

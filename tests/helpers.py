@@ -1,0 +1,46 @@
+"""What several test modules share: paths of the committed fixtures, measures, random weights."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from clip.model import CLIPConfig
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def relative_error(actual, expected) -> float:
+    """Max abs error over max abs value, DESIGN.md's measure for features."""
+    return float(np.abs(np.asarray(actual) - expected).max() / np.abs(expected).max())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, written independently of the code under test."""
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def random_state_dict(shapes: dict, rng: np.random.Generator | None = None) -> dict:
+    """A state dict with the given names and shapes: random values, or empty placeholders."""
+    if rng is None:
+        return {k: np.empty(v, np.float16) for k, v in shapes.items()}
+    state = {k: (rng.standard_normal(v, np.float32) * 0.02) for k, v in shapes.items()}
+    for name in state:
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight")):
+            state[name] += 1
+        if name.endswith("running_var") or name == "ln_final.weight":
+            state[name] = np.abs(state[name]) + 1
+    state["logit_scale"] = np.float32(np.log(100))
+    return state
+
+
+def openai_arguments(config: CLIPConfig) -> dict:
+    """A config as the arguments of OpenAI's CLIP constructor (heads as a number, lists)."""
+    arguments = dataclasses.asdict(config)
+    del arguments["vision_head_width"], arguments["transformer_head_width"]
+    if config.resnet:
+        arguments["vision_layers"] = list(config.vision_layers)
+    return {**arguments, "transformer_heads": config.transformer_heads}
