@@ -410,6 +410,33 @@ class CLIPConfig:
         return self.transformer_width // self.transformer_head_width
 
 
+class _GraphWeights:
+    """Keeps compiled graphs on the weights' current values. A graph reads each parameter from
+    the memory it had when the graph was compiled: set_data, param[...] = and
+    load_param_into_net give a parameter new memory, which the graph would never read. Before a
+    graph runs, sync() copies such a parameter into its old memory and points it back there."""
+
+    def __init__(self, cell: nn.Cell):
+        self.params = list(cell.get_parameters())
+        self.memory = [Tensor(p) for p in self.params]  # the same memory, not a view
+        self.pointers = [m.data_ptr() for m in self.memory]
+
+    def sync(self) -> None:
+        for param, memory, pointer in zip(self.params, self.memory, self.pointers, strict=True):
+            if param.data_ptr() != pointer:
+                memory.copy_(param)
+                param.set_data(memory)
+
+    def run(self, graph):
+        """graph, called after a sync."""
+
+        def synced(*args):
+            self.sync()
+            return graph(*args)
+
+        return synced
+
+
 class CLIP(nn.Cell):
     """OpenAI's CLIP: encode_image, encode_text, and scaled cosine logits between them."""
 
@@ -446,6 +473,7 @@ class CLIP(nn.Cell):
         self.attn_mask = Tensor(np.triu(np.full((length, length), -np.inf, np.float32), 1))
         self._image_graph = None
         self._text_graph = None
+        self._graph_weights = None
         self.set_train(False)
 
     @property
@@ -455,9 +483,11 @@ class CLIP(nn.Cell):
 
     def compile_encoders(self) -> None:
         """Run both encoders as compiled MindSpore graphs (jit) from now on, images at most
-        visual.graph_batch at a time."""
-        self._image_graph = ms.jit(self.visual.construct)
-        self._text_graph = ms.jit(self.encode_tokens)
+        visual.graph_batch at a time. The graphs see every later change of the weights."""
+        if self._graph_weights is None:  # once: graphs outlive a new jit of the same method
+            self._graph_weights = _GraphWeights(self)
+        self._image_graph = self._graph_weights.run(ms.jit(self.visual.construct))
+        self._text_graph = self._graph_weights.run(ms.jit(self.encode_tokens))
 
     def encode_tokens(self, text, eot):
         """Text features of (N, L) token ids pooled at the given eot positions."""
