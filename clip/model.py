@@ -1,7 +1,6 @@
 """CLIP's image and text encoders in MindSpore, with OpenAI's parameter names."""
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
@@ -10,6 +9,7 @@ from mindspore.common.initializer import Constant, initializer
 from mindspore.nn.utils import no_init_parameters
 
 from .checkpoints.names import canonical
+from .config import CLIPConfig, model_config
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -52,6 +52,16 @@ class BatchNorm2d(nn.Cell):
 class QuickGELU(nn.Cell):
     def construct(self, x):
         return x * ops.sigmoid(1.702 * x)
+
+
+class GELU(nn.Cell):
+    """Exact (erf) GELU, as torch's nn.GELU(): open_clip's LAION models and HF's "gelu"."""
+
+    def construct(self, x):
+        return ops.gelu(x, approximate="none")
+
+
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
 
 
 class Conv2d(nn.Cell):
@@ -169,16 +179,16 @@ class MultiheadAttention(nn.Cell):
 
 
 class ResidualAttentionBlock(nn.Cell):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int, activation: str):
         super().__init__()
         self.attn = MultiheadAttention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.SequentialCell(
             OrderedDict(
                 [
-                    ("c_fc", nn.Dense(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Dense(width * 4, width)),
+                    ("c_fc", nn.Dense(width, mlp_width)),
+                    ("gelu", ACTIVATIONS[activation]()),
+                    ("c_proj", nn.Dense(mlp_width, width)),
                 ]
             )
         )
@@ -199,11 +209,19 @@ def _batch_mask(x, mask):
 class Transformer(nn.Cell):
     """A stack of residual attention blocks on batch-first (N, L, D) inputs."""
 
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_width: int | None = None,
+        activation: str = "quick_gelu",
+    ):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.CellList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        block = (width, heads, mlp_width or 4 * width, activation)
+        self.resblocks = nn.CellList([ResidualAttentionBlock(*block) for _ in range(layers)])
 
     def construct(self, x, mask=None):
         mask = _batch_mask(x, mask)
@@ -334,6 +352,8 @@ class VisionTransformer(nn.Cell):
         layers: int,
         heads: int,
         output_dim: int,
+        mlp_width: int | None = None,
+        activation: str = "quick_gelu",
     ):
         super().__init__()
         self.input_resolution = input_resolution
@@ -342,7 +362,7 @@ class VisionTransformer(nn.Cell):
         self.class_embedding = _param(width)
         self.positional_embedding = _param((input_resolution // patch_size) ** 2 + 1, width)
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, mlp_width, activation)
         self.ln_post = LayerNorm(width)
         self.proj = _param(width, output_dim)
 
@@ -376,38 +396,6 @@ class Embedding(nn.Cell):
 
     def construct(self, ids):
         return ops.gather(self.weight, ids, 0)
-
-
-@dataclass(frozen=True)
-class CLIPConfig:
-    """Everything about a CLIP's architecture that changes its numbers (OpenAI's arguments)."""
-
-    embed_dim: int
-    image_resolution: int
-    vision_layers: int | tuple[int, int, int, int]  # a tuple: ModifiedResNet's four stages
-    vision_width: int
-    vision_patch_size: int | None  # None for a ModifiedResNet
-    context_length: int
-    vocab_size: int
-    transformer_width: int
-    transformer_layers: int
-    vision_head_width: int = 64
-    transformer_head_width: int = 64
-
-    @property
-    def resnet(self) -> bool:
-        """Whether the image tower is OpenAI's ModifiedResNet (else a ViT)."""
-        return isinstance(self.vision_layers, tuple)
-
-    @property
-    def vision_heads(self) -> int:
-        """Attention heads of the ViT, or of the ResNet's attention pool (width * 32 channels)."""
-        return self.vision_width * (32 if self.resnet else 1) // self.vision_head_width
-
-    @property
-    def transformer_heads(self) -> int:
-        """Attention heads of the text transformer."""
-        return self.transformer_width // self.transformer_head_width
 
 
 class _GraphWeights:
@@ -461,9 +449,17 @@ class CLIP(nn.Cell):
                 config.vision_layers,
                 config.vision_heads,
                 config.embed_dim,
+                config.vision_mlp_width,
+                config.activation,
             )
         width = config.transformer_width
-        self.transformer = Transformer(width, config.transformer_layers, config.transformer_heads)
+        self.transformer = Transformer(
+            width,
+            config.transformer_layers,
+            config.transformer_heads,
+            config.transformer_mlp_width,
+            config.activation,
+        )
         self.token_embedding = Embedding(config.vocab_size, width)
         self.positional_embedding = _param(config.context_length, width)
         self.ln_final = LayerNorm(width)
@@ -586,58 +582,16 @@ class CLIP(nn.Cell):
         return tokens.astype(np.int32)
 
 
-def model_config(state_dict: dict) -> CLIPConfig:
-    """The architecture an OpenAI-named state dict's shapes give, by OpenAI's build_model rules."""
-    vit = "visual.proj" in state_dict
-    required = ["text_projection", "positional_embedding", "token_embedding.weight"]
-    required += ["ln_final.weight", "visual.conv1.weight"]
-    required += ["visual.positional_embedding"] if vit else ["visual.attnpool.positional_embedding"]
-    missing = [key for key in required if key not in state_dict]
-    if missing:
-        raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
-    keys = list(state_dict)
-    if vit:
-        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
-        vision_layers = len(
-            [k for k in keys if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")]
-        )
-        grid_size = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        image_resolution = vision_patch_size * grid_size
-    else:
-        vision_layers = tuple(
-            len({k.split(".")[2] for k in keys if k.startswith(f"visual.layer{b}.")})
-            for b in (1, 2, 3, 4)
-        )
-        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
-        vision_patch_size = None
-        image_resolution = 32 * round(
-            (state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5
-        )
-    return CLIPConfig(
-        embed_dim=int(state_dict["text_projection"].shape[1]),
-        image_resolution=int(image_resolution),
-        vision_layers=vision_layers,
-        vision_width=int(vision_width),
-        vision_patch_size=None if vision_patch_size is None else int(vision_patch_size),
-        context_length=int(state_dict["positional_embedding"].shape[0]),
-        vocab_size=int(state_dict["token_embedding.weight"].shape[0]),
-        transformer_width=int(state_dict["ln_final.weight"].shape[0]),
-        transformer_layers=len(
-            {k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")}
-        ),
-    )
-
-
-def build_model(state_dict: dict, release: bool = False) -> CLIP:
-    """A CLIP whose architecture and float32 weights come from a state dict (OpenAI's names, or
-    any convention clip.checkpoints reads).
+def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | None = None) -> CLIP:
+    """A CLIP whose float32 weights come from a state dict (OpenAI's names, or any convention
+    clip.checkpoints reads), its architecture from config (default: the shapes, OpenAI's rules).
 
     release=True empties state_dict as its arrays are copied into the model, so that a caller
     holding no other reference to them never has two copies of the weights in memory.
     """
     given = canonical(state_dict)
     with no_init_parameters():  # placeholders take no memory: every parameter is set below
-        model = CLIP(model_config(given))
+        model = CLIP(config or model_config(given))
     params = dict(model.parameters_and_names())
     problems = []
     if missing := [k for k in params if k not in given]:

@@ -7,8 +7,6 @@ from PIL import Image
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
-_MEAN = np.array(MEAN, np.float32).reshape(3, 1, 1)
-_STD = np.array(STD, np.float32).reshape(3, 1, 1)
 
 
 def _as_pil(image) -> Image.Image:
@@ -47,10 +45,13 @@ def center_crop(size: tuple[int, int], n_px: int) -> tuple[tuple[int, int], tupl
 class Preprocess:
     """Bicubic resize of the short side to n_px, center crop, RGB, scale to [0, 1], normalize."""
 
-    def __init__(self, n_px: int):
+    def __init__(self, n_px: int, mean: tuple = MEAN, std: tuple = STD):
         if isinstance(n_px, bool) or not isinstance(n_px, numbers.Integral) or n_px < 1:
             raise ValueError(f"n_px must be a positive integer (e.g. 224), got {n_px!r}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need three values, std > 0; got {mean}, {std}")
         self.n_px = int(n_px)
+        self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
 
     def __call__(self, image: "Image.Image | np.ndarray") -> np.ndarray:
         """float32 array (3, n_px, n_px) for a PIL image or an HWC uint8 array."""
@@ -63,16 +64,19 @@ class Preprocess:
             image = image.resize(size, Image.Resampling.BICUBIC)
         image = image.crop(box).convert("RGB")
         x = np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255)
-        return np.ascontiguousarray((x - _MEAN) / _STD)
+        mean = np.array(self.mean, np.float32).reshape(3, 1, 1)
+        std = np.array(self.std, np.float32).reshape(3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
 
     def __repr__(self) -> str:
         n = self.n_px
         return (
             f"Preprocess(n_px={n}: bicubic resize of the short side to {n}, center crop "
-            f"{n}x{n}, convert RGB, /255, normalize mean={MEAN} std={STD}) -> float32 (3, {n}, {n})"
+            f"{n}x{n}, convert RGB, /255, normalize mean={self.mean} std={self.std}) -> float32 "
+            f"(3, {n}, {n})"
         )
 
 
-def transform(n_px: int) -> Preprocess:
-    """The preprocessing for a model with input resolution n_px."""
-    return Preprocess(n_px)
+def transform(n_px: int, mean: tuple = MEAN, std: tuple = STD) -> Preprocess:
+    """The preprocessing for a model with input resolution n_px (and its normalisation)."""
+    return Preprocess(n_px, mean, std)

@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("MS_DEV_LAUNCH_BLOCKING", "1")
 
-from helpers import FIXTURES  # noqa: E402 (after the environment it reads at import)
+from helpers import FIXTURES, write_clip_ckpt  # noqa: E402 (after the environment it reads at import)
 
 
 @pytest.fixture(scope="session", params=["vit", "resnet"])
@@ -22,13 +22,12 @@ def tiny(request) -> tuple[dict, dict]:
 def tiny_clip(tmp_path_factory):
     """The tiny random ViT CLIP (64 px) with a full 49408-token vocabulary: (model, preprocess)."""
     import clip
-    from clip.checkpoints import write_ckpt
 
     weights = dict(np.load(FIXTURES / "tiny_vit_weights.npz"))
     rng = np.random.default_rng(0)
     weights["token_embedding.weight"] = rng.normal(0, 0.02, (49408, 128)).astype(np.float16)
     path = tmp_path_factory.mktemp("tiny_clip") / "tiny.ckpt"
-    write_ckpt(weights, path)
+    write_clip_ckpt(weights, path)
     return clip.load(path)
 
 

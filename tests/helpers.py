@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip.model import CLIPConfig
+from clip.checkpoints import write_ckpt
+from clip.model import CLIPConfig, model_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -37,10 +38,17 @@ def random_state_dict(shapes: dict, rng: np.random.Generator | None = None) -> d
     return state
 
 
+def write_clip_ckpt(weights: dict, path, fp16: bool = False) -> None:
+    """A .ckpt of an OpenAI-architecture CLIP holding its config, so loading it assumes nothing."""
+    write_ckpt(weights, path, fp16=fp16, config=model_config(weights).to_json())
+
+
 def openai_arguments(config: CLIPConfig) -> dict:
     """A config as the arguments of OpenAI's CLIP constructor (heads as a number, lists)."""
     arguments = dataclasses.asdict(config)
-    del arguments["vision_head_width"], arguments["transformer_head_width"]
+    for name in ("vision_head_width", "transformer_head_width", "vision_mlp_width",
+                 "transformer_mlp_width", "activation", "image_mean", "image_std"):  # fmt: skip
+        del arguments[name]
     if config.resnet:
         arguments["vision_layers"] = list(config.vision_layers)
     return {**arguments, "transformer_heads": config.transformer_heads}

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import ASSETS, FIXTURES, random_state_dict, softmax
+from helpers import ASSETS, FIXTURES, random_state_dict, softmax, write_clip_ckpt
 from mindspore import Tensor
 
 import clip
@@ -22,7 +22,7 @@ NINE += ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
 def tiny_ckpt(tmp_path_factory):
     """The tiny ViT's weights as a canonical-name MindSpore .ckpt, and OpenAI's outputs."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    write_ckpt(dict(np.load(FIXTURES / "tiny_vit_weights.npz")), path)
+    write_clip_ckpt(dict(np.load(FIXTURES / "tiny_vit_weights.npz")), path)
     return path, dict(np.load(FIXTURES / "tiny_vit_io.npz"))
 
 
@@ -93,9 +93,8 @@ def vit_b_32_ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed")
     with open(FIXTURES / "published_shapes.json") as f:
         shapes = __import__("json").load(f)["ViT-B/32"]
-    write_ckpt(
-        random_state_dict(shapes, np.random.default_rng(0)), folder / "ViT-B-32.ckpt", fp16=True
-    )
+    weights = random_state_dict(shapes, np.random.default_rng(0))
+    write_clip_ckpt(weights, folder / "ViT-B-32.ckpt", fp16=True)
     shutil.copy(ASSETS / "CLIP.png", folder / "CLIP.png")
     return folder
 

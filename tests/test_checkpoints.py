@@ -1,8 +1,10 @@
 """Checkpoint readers: every format reads to OpenAI's names and values exactly, loads to OpenAI's
 outputs, and damaged or hostile files fail with one clear error and run nothing."""
 
+import dataclasses
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from mindspore import Tensor
 import clip
 from clip.checkpoints import CheckpointError, read_checkpoint, read_state_dict, write_ckpt
 from clip.checkpoints.torch_formats import read_torch_zip
+from clip.config import AssumedConfigWarning, model_config
 from clip.model import build_model
 
 CHECKPOINTS = FIXTURES / "checkpoints"
@@ -175,9 +178,31 @@ def assert_outputs(model, io) -> None:
 
 @pytest.mark.parametrize("name", [*WHOLE, "canonical.ckpt", "mindcv_vit.ckpt"])
 def test_each_format_loads_to_openais_outputs(ckpts, name):
-    model, preprocess = clip.load(ckpts.get(name, CHECKPOINTS / name))
+    path = ckpts.get(name, CHECKPOINTS / name)
+    if name == "openai_jit.pt":  # OpenAI's own format: its assumptions are the model's
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AssumedConfigWarning)
+            model, preprocess = clip.load(path)
+    else:  # no config: OpenAI's assumptions, said, with the override named
+        with pytest.warns(AssumedConfigWarning, match=r"has no config.*pass config= to clip.load"):
+            model, preprocess = clip.load(path)
     assert preprocess.n_px == 24
     assert_outputs(model, IO)
+
+
+def test_a_ckpt_keeps_the_config_it_was_written_with(tmp_path):
+    config = dataclasses.replace(model_config(CANONICAL), activation="gelu")
+    write_ckpt(CANONICAL, tmp_path / "gelu.ckpt", config=config.to_json())
+    assert read_checkpoint(tmp_path / "gelu.ckpt").config == config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssumedConfigWarning)
+        model, _ = clip.load(tmp_path / "gelu.ckpt")
+    assert model.config == config
+    images = Tensor(IO["images"])  # exact GELU: no longer OpenAI's numbers
+    assert relative_error(model.encode_image(images).asnumpy(), IO["image_features"]) > 1e-3
+    write_ckpt(CANONICAL, tmp_path / "bad.ckpt", config='{"embed_dim": 1}')
+    with pytest.raises(CheckpointError, match="corrupt clip_config"):
+        read_checkpoint(tmp_path / "bad.ckpt")
 
 
 def test_mindcv_resnet_with_batchnorm_names_loads_to_openais_outputs(ckpts):
@@ -187,7 +212,8 @@ def test_mindcv_resnet_with_batchnorm_names_loads_to_openais_outputs(ckpts):
     expected = {k: v for k, v in expected.items() if not k.endswith(".num_batches_tracked")}
     assert checkpoint.naming == "mindcv" and sorted(checkpoint.state_dict) == sorted(expected)
     assert all(np.array_equal(checkpoint.state_dict[k], v) for k, v in expected.items())
-    model, _ = clip.load(ckpts["mindcv_resnet.ckpt"])
+    with pytest.warns(AssumedConfigWarning):  # an earlier port's file: no config
+        model, _ = clip.load(ckpts["mindcv_resnet.ckpt"])
     assert_outputs(model, dict(np.load(FIXTURES / "tiny_resnet_io.npz")))
 
 

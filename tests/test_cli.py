@@ -32,8 +32,20 @@ def assert_canonical(path, dtype: str) -> None:
 def test_convert_writes_a_canonical_ckpt(tmp_path, capsys, source):
     dst = tmp_path / "model.ckpt"
     assert main(["convert", str(CHECKPOINTS / source), str(dst)]) == 0
-    assert capsys.readouterr().out == f"wrote {dst}: {len(CANONICAL)} tensors, stored dtypes\n"
+    kept = "with its config" if source == "openai_jit.pt" else "no config"  # OpenAI: its rules
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {dst}: {len(CANONICAL)} tensors, stored dtypes, {kept}")
     assert_canonical(dst, "float16")
+    assert (read_checkpoint(dst).config is None) == (source != "openai_jit.pt")
+
+
+def test_convert_keeps_a_folders_config(tmp_path):
+    folder = FIXTURES / "open_clip" / "gelu_head_width"
+    assert main(["convert", str(folder), str(tmp_path / "m.ckpt")]) == 0
+    stored = read_checkpoint(tmp_path / "m.ckpt").config
+    assert stored == read_checkpoint(folder).config and stored.activation == "gelu"
+    assert main(["convert", str(CHECKPOINTS / "legacy.pt"), str(tmp_path / "g.ckpt"),
+                 "--config", str(folder / "open_clip_config.json")]) == 1  # fmt: skip
 
 
 @pytest.mark.parametrize("fp16", [False, True])
@@ -63,6 +75,7 @@ def test_info_describes_the_checkpoint(capsys):
         "embed dim: 32",
         "resolution: 24 px",
         "context length: 32, vocabulary: 64",
+        "activation: quick_gelu",
         f"parameters: {params:,} in {len(CANONICAL)} tensors",
         f"dtypes: float16 ({len(CANONICAL)} tensors)",
     ]

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-from helpers import FIXTURES
+from helpers import FIXTURES, write_clip_ckpt
 from mindspore import Tensor
 from PIL import Image
 
 import clip
-from clip.checkpoints import write_ckpt
 from workbench import features
 from workbench.data import ImageDataset
 
@@ -21,7 +20,7 @@ def _load(path, scale_proj: float = 1.0):
     """The tiny ViT CLIP (vocabulary 1000: images only), its visual.proj scaled."""
     weights = dict(np.load(FIXTURES / "tiny_vit_weights.npz"))
     weights["visual.proj"] = (weights["visual.proj"] * scale_proj).astype(np.float16)
-    write_ckpt(weights, path)
+    write_clip_ckpt(weights, path)
     return clip.load(path)
 
 

@@ -64,8 +64,10 @@ def test_config_heads_follow_widths_and_the_config_is_frozen():
     assert (vit.vision_heads, vit.transformer_heads) == (16, 12)  # OpenAI's width // 64
     resnet = model_config(random_state_dict(PUBLISHED["RN50"]))
     assert resnet.resnet and resnet.vision_heads == 32  # the attention pool: 64 * 32 // 64
-    wide = dataclasses.replace(vit, vision_head_width=80)
-    assert wide.vision_heads == 1024 // 80
+    assert dataclasses.replace(vit, vision_head_width=128).vision_heads == 8
+    assert dataclasses.replace(vit, vision_head_width=80).vision_heads == 12  # floor, as OpenAI's
+    with pytest.raises(ValueError, match="text width 768 with head width 1024 gives no attention"):
+        dataclasses.replace(vit, transformer_head_width=1024)
     with pytest.raises(dataclasses.FrozenInstanceError):
         vit.vision_width = 1
 

@@ -6,7 +6,7 @@ import io
 import matplotlib
 import numpy as np
 import pytest
-from helpers import FIXTURES, softmax
+from helpers import FIXTURES, softmax, write_clip_ckpt
 from mindspore import Tensor
 from PIL import Image
 
@@ -205,14 +205,13 @@ def test_saliency_explorer(tiny_clip, labelled):
 @pytest.fixture(scope="module")
 def tiny_resnet_clip(tmp_path_factory):
     """The tiny random ResNet CLIP with a full 49408-token vocabulary: (model, preprocess)."""
-    from clip.checkpoints import write_ckpt
 
     weights = dict(np.load(FIXTURES / "tiny_resnet_weights.npz"))
     width = weights["token_embedding.weight"].shape[1]
     rng = np.random.default_rng(0)
     weights["token_embedding.weight"] = rng.normal(0, 0.02, (49408, width)).astype(np.float16)
     path = tmp_path_factory.mktemp("tiny_resnet") / "tiny.ckpt"
-    write_ckpt(weights, path)
+    write_clip_ckpt(weights, path)
     return clip.load(path)
 
 

@@ -1,9 +1,11 @@
 """Checkpoint files of every format users hold -> {OpenAI name: numpy array}; canonical .ckpt out.
 
 The format is told from the file's bytes, never its name: zip (torch.save, TorchScript, .npz),
-pickle (legacy torch.save), safetensors header, MindSpore .ckpt protobuf.
+pickle (legacy torch.save), safetensors header, MindSpore .ckpt protobuf. A model folder as
+open_clip or the Hugging Face hub saves it (or a weights file in one) also gives its config.
 """
 
+import json
 import os
 import zipfile
 from collections import Counter
@@ -12,8 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import CLIPConfig, UnsupportedModel, from_hf, from_open_clip, model_config
 from .common import BF16, CheckpointError, bf16_to_fp32, dtype_name
-from .mindspore_ckpt import read_ckpt, write_ckpt
+from .mindspore_ckpt import CONFIG_KEY, read_ckpt, write_ckpt
 from .names import canonical, naming
 from .safetensors_file import read_safetensors
 from .torch_formats import read_torch_legacy, read_torch_zip, zip_kind
@@ -51,12 +54,52 @@ _READERS = {
 
 
 class Checkpoint(NamedTuple):
-    """A checkpoint as read: its format, naming convention, canonical state dict, stored dtypes."""
+    """A checkpoint as read: its format, naming convention, canonical state dict, stored dtypes,
+    and its architecture: from its config file or stored config, OpenAI's rules for OpenAI's
+    TorchScript .pt, else None (the shapes leave activation and heads open)."""
 
     format: str
     naming: str
     state_dict: dict[str, np.ndarray]
     dtypes: Counter
+    config: CLIPConfig | None = None
+
+
+# What open_clip and the Hugging Face hub save in a model folder: a config and weights files, by
+# preference
+_FOLDERS = {
+    "open_clip_config.json": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+    "config.json": ("model.safetensors", "pytorch_model.bin"),
+}
+
+
+def model_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The weights file and config file (or None) of a checkpoint file, or of a model folder."""
+    path = Path(path)
+    for config_name, weights_names in _FOLDERS.items():
+        if path.is_dir() and (path / config_name).is_file():
+            if found := [path / n for n in weights_names if (path / n).is_file()]:
+                return found[0], path / config_name
+            raise CheckpointError(
+                f"{path}: has {config_name} but none of {', '.join(weights_names)}"
+            )
+        if path.name in weights_names and (path.parent / config_name).is_file():
+            return path, path.parent / config_name
+    return path, None
+
+
+def read_config_file(path: Path) -> CLIPConfig:
+    """The architecture an open_clip_config.json or a Hugging Face config.json gives."""
+    try:
+        data = json.loads(path.read_text())
+        if path.name == "open_clip_config.json":
+            return from_open_clip(data)
+        processor = path.parent / "preprocessor_config.json"
+        return from_hf(data, json.loads(processor.read_text()) if processor.is_file() else None)
+    except UnsupportedModel as err:
+        raise UnsupportedModel(f"{path}: {err}") from err
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: not a readable model config ({err})") from err
 
 
 def _is_ckpt(head: bytes) -> bool:
@@ -122,7 +165,10 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read any supported checkpoint file: format, naming, canonical state dict, stored dtypes."""
+    """Read any supported checkpoint file or model folder: format, naming, canonical state dict,
+    stored dtypes, config."""
+    path, config_file = model_files(path)
+    config = None if config_file is None else read_config_file(config_file)
     fmt = detect_format(path)
     try:
         tensors = _READERS[fmt](path)
@@ -130,13 +176,24 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise
     except Exception as err:  # whatever a damaged file makes a reader trip on: one clear error
         raise CheckpointError(f"{path}: corrupt {FORMATS[fmt]} file ({err})") from err
+    stored = tensors.pop(CONFIG_KEY, None) if fmt == "mindspore-ckpt" else None
+    if stored is not None and config is None:
+        try:
+            config = CLIPConfig.from_json(stored)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: holds a corrupt {CONFIG_KEY} ({err})") from err
     if not tensors:
         raise CheckpointError(f"{path}: holds no tensors")
     convention = naming(tensors)
     tensors = canonical(tensors, path)
+    if config is None and fmt == "torchscript":  # OpenAI's own format: its rules are the config
+        try:
+            config = model_config(tensors)
+        except ValueError:
+            pass  # not a CLIP: building it says what is missing
     dtypes = Counter(dtype_name(a) for a in tensors.values())
     state_dict = {k: bf16_to_fp32(v) if v.dtype == BF16 else v for k, v in tensors.items()}
-    return Checkpoint(fmt, convention, state_dict, dtypes)
+    return Checkpoint(fmt, convention, state_dict, dtypes, config)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

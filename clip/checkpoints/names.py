@@ -90,6 +90,8 @@ def canonical(
     is cleaned up; path names it in errors."""
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    if any(k.startswith("text.transformer.") for k in tensors):  # open_clip's CustomTextCLIP
+        tensors = {k.removeprefix("text."): v for k, v in tensors.items()}
     convention = naming(tensors)
     if convention == "Hugging Face":
         tensors = _from_hf(tensors, path)

@@ -171,9 +171,10 @@ def train(
 
 
 def save(model: CLIP, path: str | Path) -> None:
-    """Write the model's weights under OpenAI's names as an fp16 MindSpore .ckpt."""
+    """Write the model's weights (OpenAI's names) and config as an fp16 MindSpore .ckpt."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_ckpt({name: p.asnumpy() for name, p in model.parameters_and_names()}, path, fp16=True)
+    weights = {name: p.asnumpy() for name, p in model.parameters_and_names()}
+    write_ckpt(weights, path, fp16=True, config=model.config.to_json())
 
 
 def main(argv: list[str] | None = None) -> None:
