@@ -92,6 +92,16 @@ def info(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def export_model(args: argparse.Namespace) -> None:
+    """Write the image and/or text encoder as a MindIR or ONNX graph (mindspore.export)."""
+    from .export import export
+
+    model, _ = load(args.model)
+    for path, seconds in export(model, args.out, args.format, args.part, args.batch):
+        batch = "dynamic batch" if args.batch is None else f"batch {args.batch}"
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {batch}, {seconds:.1f} s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m clip` parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="python -m clip", description=__doc__.splitlines()[0])
@@ -111,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("info", help=info.__doc__, description=info.__doc__)
     sub.add_argument("path", help="checkpoint file")
     sub.set_defaults(run=info)
+    sub = commands.add_parser("export", help=export_model.__doc__, description=export_model.__doc__)
+    sub.add_argument("model", help="model name or checkpoint path")
+    sub.add_argument("out", help="output path; with --part both, OUT_image.* and OUT_text.*")
+    sub.add_argument("--format", choices=["mindir", "onnx"], default="mindir")
+    sub.add_argument("--part", choices=["image", "text", "both"], default="both")
+    sub.add_argument(
+        "--batch", type=int, help="fixed batch size (needed for onnx); default dynamic"
+    )
+    sub.set_defaults(run=export_model)
     return parser
 
 

@@ -11,6 +11,8 @@ from mindspore.nn.utils import no_init_parameters
 from .checkpoints.names import canonical
 from .config import CLIPConfig, model_config
 
+EXPORT = False  # set by clip.export: graphs with no Python loop over the batch, in ops ONNX exports
+
 
 def l2_normalize(x: Tensor) -> Tensor:
     """Rows (the last axis) scaled to unit L2 norm."""
@@ -58,7 +60,21 @@ class GELU(nn.Cell):
     """Exact (erf) GELU, as torch's nn.GELU(): open_clip's LAION models and HF's "gelu"."""
 
     def construct(self, x):
+        if EXPORT:  # ONNX export has no Erf
+            return 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
         return ops.gelu(x, approximate="none")
+
+
+def _erf(x):
+    """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7) in ops that ONNX export has (not
+    Erf, Sign, nor Reciprocal, which a scalar divided by a tensor becomes)."""
+    a = ops.abs(x)
+    t = ops.div(ops.ones_like(a), 1.0 + 0.3275911 * a)
+    poly = (
+        (((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592
+    ) * t
+    y = 1.0 - poly * ops.exp(-a * a)
+    return ops.where(x < 0, -y, y)
 
 
 ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
@@ -82,6 +98,8 @@ class Conv2d(nn.Cell):
         k, s, p = self.kernel, self.stride, self.padding
         if k == 1 and s == 1 and p == 0:
             return ops.conv2d(x, self.weight)
+        if EXPORT:  # Im2Col (unfold) has no ONNX export, the loop would fix the batch size
+            return ops.conv2d(x, self.weight, stride=s, pad_mode="pad", padding=p)
         weight = self.weight.reshape(self.weight.shape[0], -1)
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         images = []
@@ -105,7 +123,11 @@ class PatchEmbedding(nn.Cell):
         n, c, h, w = x.shape
         k = self.weight.shape[-1]
         rows, cols = h // k, w // k
-        x = mint.permute(x.reshape(n, c, rows, k, cols, k), (0, 2, 4, 1, 3, 5))
+        x = x.reshape(n, c, rows, k, cols, k)
+        if EXPORT:  # mint.permute is TransposeView, which ONNX export lacks
+            x = ops.transpose(x, (0, 2, 4, 1, 3, 5))
+        else:
+            x = mint.permute(x, (0, 2, 4, 1, 3, 5))
         patches = x.reshape(n * rows * cols, c * k * k)
         weight = self.weight.reshape(self.weight.shape[0], -1)
         return self.project(patches, weight).reshape(n, rows * cols, -1)
@@ -138,7 +160,7 @@ def _attention(q, k, v, heads: int, mask=None, offset=None):
     """
     n, lq, width = q.shape
     head_dim = width // heads
-    if n * lq < PER_HEAD_TOKENS:
+    if EXPORT or n * lq < PER_HEAD_TOKENS:  # export: no branch on a dynamic batch
         length = k.shape[1]
         q = q.reshape(n, lq, heads, head_dim).transpose(0, 2, 1, 3) * head_dim**-0.5
         k = k.reshape(n, length, heads, head_dim).transpose(0, 2, 3, 1)
@@ -496,7 +518,7 @@ class CLIP(nn.Cell):
         x = self.token_embedding(text) + self.positional_embedding[:length]
         x, inputs, probs = self.transformer.trace(x, self.attn_mask[:length, :length], offsets)
         x = self.ln_final(x)
-        rows = ops.stack([ops.arange(x.shape[0], dtype=eot.dtype), eot], axis=-1)
+        rows = ops.stack((ops.arange(x.shape[0], dtype=eot.dtype), eot), axis=-1)
         return ops.matmul(ops.gather_nd(x, rows), self.text_projection), inputs, probs
 
     def encode_image(self, image, normalize: bool = False) -> Tensor:

@@ -107,7 +107,7 @@ def test_module_entry_point():
     done = run("info", str(CHECKPOINTS / "legacy.pt"))
     assert done.returncode == 0 and "format: torch.save legacy pickle, OpenAI names" in done.stdout
     done = run()
-    assert done.returncode == 2 and "{predict,convert,info}" in done.stderr
+    assert done.returncode == 2 and "{predict,convert,info,export}" in done.stderr
 
 
 @pytest.fixture(scope="module")
