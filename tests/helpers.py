@@ -2,6 +2,7 @@
 
 import dataclasses
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import numpy as np
 
@@ -52,3 +53,24 @@ def openai_arguments(config: CLIPConfig) -> dict:
     if config.resnet:
         arguments["vision_layers"] = list(config.vision_layers)
     return {**arguments, "transformer_heads": config.transformer_heads}
+
+
+def run_isolated(code: str, *, memory_mib: int = 2048, timeout: float = 60) -> CompletedProcess:
+    """Run Python code in a fresh interpreter (the repository on its path) with its address space
+    capped at memory_mib and a timeout, for inputs that may crash, hang or exhaust memory: a crash
+    shows as a negative returncode or a MemoryError in stderr, not as a dead test session."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mib << 20, memory_mib << 20))
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=cap,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[1],
+    )
