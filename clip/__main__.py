@@ -5,17 +5,33 @@ takes the parsed arguments. Errors about the input print one line and exit with 
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from string import Formatter
 
 import numpy as np
 from mindspore import Tensor, ops
 from PIL import Image
 
 from . import load, tokenize
-from .checkpoints import FORMATS, read_checkpoint, write_ckpt
+from .checkpoints import FORMATS, model_files, read_checkpoint, write_ckpt
 from .config import CLIPConfig, model_config, read_config
-from .model import build_model
+from .model import build_model, non_finite
+
+
+def _prompts(template: str, labels: list[str]) -> list[str]:
+    """The template with each label in its one `{}`; literal braces are written `{{` and `}}`."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)]
+    except ValueError:  # an unmatched brace
+        fields = None
+    if fields is None or [f for f in fields if f[0] is not None] != [("", "", None)]:
+        raise ValueError(
+            f"--template must contain {{}} where a label goes, exactly once and with nothing in "
+            f'it (write literal braces as {{{{ and }}}}), got "{template}"'
+        )
+    return [template.format(label) for label in labels]
 
 
 def predict(args: argparse.Namespace) -> None:
@@ -23,24 +39,47 @@ def predict(args: argparse.Namespace) -> None:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         raise ValueError(f'--labels needs at least two comma-separated labels, got "{args.labels}"')
-    if "{}" not in args.template:
-        raise ValueError(f'--template must contain {{}} where a label goes, got "{args.template}"')
+    texts = _prompts(args.template, labels)
     try:
         image = Image.open(args.image).convert("RGB")
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:  # a bomb is not an OSError
         raise OSError(f"cannot read image {args.image}: {err}") from err
     model, preprocess = load(args.model)
-    texts = [args.template.format(label) for label in labels]
-    logits, _ = model(Tensor(preprocess(image)[None]), tokenize(texts))
+    for text in texts:  # one at a time, to name the prompt that does not fit
+        try:
+            tokenize(text, context_length=model.context_length)
+        except RuntimeError:
+            shown = text if len(text) <= 80 else f"{text[:60]}...{text[-10:]}"
+            raise ValueError(
+                f'the prompt "{shown}" is too long for context length {model.context_length} of '
+                f"model {args.model}; shorten its label or --template"
+            ) from None
+    tokens = tokenize(texts, context_length=model.context_length)
+    logits, _ = model(Tensor(preprocess(image)[None]), tokens)
     probs = ops.softmax(logits, axis=-1).asnumpy()[0]
     width = max(map(len, labels))
     for i in np.argsort(-probs, kind="stable"):
         print(f"{labels[i]:<{width}}  {100 * probs[i]:5.1f}%")
 
 
+def _check_destination(src: str, dst: str, force: bool) -> None:
+    """Refuse to write over the source (whatever --force says) or, without --force, any file."""
+    if not os.path.lexists(dst):
+        return
+    weights, config = model_files(src)
+    sources = [Path(src), weights, *([config] if config else [])]
+    if os.path.exists(dst) and any(p.exists() and os.path.samefile(p, dst) for p in sources):
+        raise ValueError(f"{dst}: is the source itself; write the .ckpt to another path")
+    if os.path.isdir(dst):
+        raise ValueError(f"{dst}: is a directory; give the path of the .ckpt file to write")
+    if not force:
+        raise ValueError(f"{dst}: exists; pass --force to replace it, or choose another path")
+
+
 def convert(args: argparse.Namespace) -> None:
     """Any readable checkpoint or model folder -> a MindSpore .ckpt under OpenAI's names, holding
     the model's config when the source has one (or --config gives it)."""
+    _check_destination(args.src, args.dst, args.force)
     checkpoint = read_checkpoint(args.src)
     config = read_config(args.config) if args.config else checkpoint.config
     try:
@@ -89,6 +128,9 @@ def info(args: argparse.Namespace) -> None:
     lines = [f"file: {args.path} ({size:.1f} MiB)"]
     lines += [f"format: {FORMATS[checkpoint.format]}, {checkpoint.naming} names", *architecture]
     lines += [f"parameters: {params:,} in {len(state_dict)} tensors", f"dtypes: {dtypes}"]
+    if bad := non_finite(state_dict):
+        shown = ", ".join(bad[:5]) + ", ..." * (len(bad) > 5)
+        lines.append(f"warning: {len(bad)} tensors hold NaN or Inf values: {shown}")
     print("\n".join(lines))
 
 
@@ -117,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("dst", help="MindSpore .ckpt to write")
     sub.add_argument("--fp16", action="store_true", help="store floating-point weights as float16")
     sub.add_argument("--config", help="architecture: an open_clip model name or a config file")
+    sub.add_argument("--force", action="store_true", help="replace dst if it exists")
     sub.set_defaults(run=convert)
     sub = commands.add_parser("info", help=info.__doc__, description=info.__doc__)
     sub.add_argument("path", help="checkpoint file")

@@ -7,9 +7,13 @@ towers, CoCa, SigLIP, LayerScale, other pooling) is refused by name, never appro
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .transform import MEAN, STD
 
@@ -39,6 +43,24 @@ class CLIPConfig:
     image_std: tuple[float, float, float] = STD
 
     def __post_init__(self):
+        sizes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("activation", "image_mean", "image_std", "vision_layers"):
+            del sizes[name]
+        if self.resnet:
+            if len(self.vision_layers) != 4 or self.vision_patch_size is not None:
+                raise ValueError(
+                    f"a ResNet's vision_layers are 4 stages and it has no vision_patch_size, got "
+                    f"{self.vision_layers} and {self.vision_patch_size}"
+                )
+            sizes.update({f"vision_layers[{i}]": n for i, n in enumerate(self.vision_layers)})
+            del sizes["vision_patch_size"]
+        else:
+            sizes["vision_layers"] = self.vision_layers
+        for name, value in sizes.items():  # None: OpenAI's 4 * width (the MLP widths only)
+            if value is None and name.endswith("mlp_width"):
+                continue
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.activation not in ("quick_gelu", "gelu"):
             raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
         widths = [(self.transformer_width, self.transformer_head_width, "text")]
@@ -92,42 +114,46 @@ def model_config(state_dict: dict) -> CLIPConfig:
     required = ["text_projection", "positional_embedding", "token_embedding.weight"]
     required += ["ln_final.weight", "visual.conv1.weight"]
     required += ["visual.positional_embedding"] if vit else ["visual.attnpool.positional_embedding"]
+    required += [] if vit else ["visual.layer1.0.conv1.weight"]
     missing = [key for key in required if key not in state_dict]
     if missing:
         raise ValueError(f"not a CLIP state dict: missing {', '.join(missing)}")
     keys = list(state_dict)
     vision_mlp = None
     if vit:
-        vision_width, _, vision_patch_size, _ = state_dict["visual.conv1.weight"].shape
+        vision_width, _, vision_patch_size, _ = _shape(
+            state_dict, "visual.conv1.weight", "(width, 3, patch, patch)"
+        )
         vision_layers = len(
             [k for k in keys if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")]
         )
-        grid_size = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        image_resolution = vision_patch_size * grid_size
+        image_resolution = vision_patch_size * _grid(state_dict, "visual.positional_embedding")
         vision_mlp = _mlp_width(state_dict, "visual.transformer", vision_width)
     else:
+        _shape(state_dict, "visual.conv1.weight", "(width / 2, 3, 3, 3)")
         vision_layers = tuple(
             len({k.split(".")[2] for k in keys if k.startswith(f"visual.layer{b}.")})
             for b in (1, 2, 3, 4)
         )
-        vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+        vision_width = _shape(state_dict, "visual.layer1.0.conv1.weight", "(width, in, 1, 1)")[0]
         vision_patch_size = None
-        image_resolution = 32 * round(
-            (state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5
-        )
-    width = int(state_dict["ln_final.weight"].shape[0])
+        image_resolution = 32 * _grid(state_dict, "visual.attnpool.positional_embedding")
+    width = _shape(state_dict, "ln_final.weight", "(width,)")[0]
+    layers = len({k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")})
+    blocks = {"visual.transformer": vision_layers} if vit else {}
+    blocks |= {} if vit else {f"visual.layer{b + 1}": n for b, n in enumerate(vision_layers)}
+    if empty := [stem for stem, n in {**blocks, "transformer": layers}.items() if n == 0]:
+        raise ValueError(f"not a CLIP state dict: no blocks in {', '.join(empty)}")
     return CLIPConfig(
-        embed_dim=int(state_dict["text_projection"].shape[1]),
-        image_resolution=int(image_resolution),
+        embed_dim=_shape(state_dict, "text_projection", "(width, embed dim)")[1],
+        image_resolution=image_resolution,
         vision_layers=vision_layers,
-        vision_width=int(vision_width),
-        vision_patch_size=None if vision_patch_size is None else int(vision_patch_size),
-        context_length=int(state_dict["positional_embedding"].shape[0]),
-        vocab_size=int(state_dict["token_embedding.weight"].shape[0]),
+        vision_width=vision_width,
+        vision_patch_size=vision_patch_size,
+        context_length=_shape(state_dict, "positional_embedding", "(context length, width)")[0],
+        vocab_size=_shape(state_dict, "token_embedding.weight", "(vocabulary, width)")[0],
         transformer_width=width,
-        transformer_layers=len(
-            {k.split(".")[2] for k in keys if k.startswith("transformer.resblocks.")}
-        ),
+        transformer_layers=layers,
         vision_mlp_width=vision_mlp,
         transformer_mlp_width=_mlp_width(state_dict, "transformer", width),
     )
@@ -135,9 +161,32 @@ def model_config(state_dict: dict) -> CLIPConfig:
 
 def _mlp_width(state_dict: dict, stem: str, width: int) -> int | None:
     """The first block's MLP width, or None for OpenAI's 4 * width."""
-    weight = state_dict.get(f"{stem}.resblocks.0.mlp.c_fc.weight")
-    mlp = None if weight is None else int(weight.shape[0])
+    key = f"{stem}.resblocks.0.mlp.c_fc.weight"
+    mlp = _shape(state_dict, key, "(mlp width, width)")[0] if key in state_dict else None
     return None if mlp in (None, 4 * width) else mlp
+
+
+def _shape(state_dict: dict, key: str, expected: str) -> tuple[int, ...]:
+    """The shape of state_dict[key], checked to have as many sizes as expected, each >= 1."""
+    found = tuple(int(n) for n in np.shape(state_dict[key]))
+    if len(found) != len(expected.strip("(,)").split(",")) or min(found, default=0) < 1:
+        raise ValueError(
+            f"{key} has shape {found}, expected {expected} (each size >= 1); the file is damaged "
+            "or not an OpenAI-architecture CLIP"
+        )
+    return found
+
+
+def _grid(state_dict: dict, key: str) -> int:
+    """The side of the square grid of image tokens a positional embedding (grid**2 + 1) has."""
+    tokens = _shape(state_dict, key, "(grid * grid + 1, width)")[0]
+    side = math.isqrt(tokens - 1)
+    if side < 1 or side * side != tokens - 1:
+        raise ValueError(
+            f"{key} has {tokens} rows, expected grid * grid + 1 (a square grid of image tokens "
+            "and the class token); the file is damaged"
+        )
+    return side
 
 
 class AssumedConfigWarning(UserWarning):

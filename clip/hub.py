@@ -1,8 +1,10 @@
 """OpenAI's published model names, and their download into a verified cache."""
 
 import hashlib
+import http.client
 import os
 import secrets
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -25,6 +27,12 @@ _FILES = {  # name: (SHA-256, file name)
         "ViT-L-14-336px.pt",
     ),
 }
+# OpenAI's files run from about 250 MB (RN50) to 1.3 GB (RN50x64); a body beyond this limit is not
+# a model (their exact sizes are not recorded here: the server's Content-Length is also enforced).
+MAX_DOWNLOAD_BYTES = 3 << 30
+DOWNLOAD_TIMEOUT = 6 * 3600.0  # seconds for a whole download: 1.3 GB at 64 kB/s
+READ_TIMEOUT = 60.0  # seconds a single read may wait
+STALE_PART_SECONDS = 24 * 3600.0
 MODELS = {name: f"{_BASE}/{sha}/{file}" for name, (sha, file) in _FILES.items()}
 # Models shipped inside the package: the demo CLIP trained by workbench/demo/train.py.
 SHIPPED = {"demo": Path(__file__).resolve().parent / "weights" / "demo.ckpt"}
@@ -43,12 +51,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(name: str, root: str | os.PathLike | None = None, url: str | None = None) -> Path:
+def _remove_stale_parts(root: Path) -> None:
+    """Delete the .part files of downloads killed over a day ago (beyond the default deadline)."""
+    for part in root.glob(".*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:
+            pass  # removed meanwhile, or not ours to remove: it does no harm
+
+
+def download(
+    name: str,
+    root: str | os.PathLike | None = None,
+    url: str | None = None,
+    *,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+) -> Path:
     """Local path of a published model's file in `root` (default ~/.cache/clip), SHA-256 verified.
 
     A cached file with the right hash is used as is; otherwise the file is downloaded (from `url`,
     by default MODELS[name], whose second-to-last part is the SHA-256) to a temporary file in
     `root`, verified, and renamed into place, so the cache never holds a partial or wrong file.
+    The download is abandoned after `timeout` seconds in all (each read also times out after
+    READ_TIMEOUT s) or beyond `max_bytes` (or the announced Content-Length), with a RuntimeError.
     """
     if url is None:
         if name not in MODELS:
@@ -64,26 +91,60 @@ def download(name: str, root: str | os.PathLike | None = None, url: str | None =
             return target
         warnings.warn(f"{target} has the wrong SHA-256; downloading it again", stacklevel=2)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(root)
     partial = root / f".{target.name}.{secrets.token_hex(4)}.part"
+    deadline, received, size = time.monotonic() + timeout, 0, None
+
+    def failed(problem: str, remedy: str = "Try again") -> RuntimeError:
+        return RuntimeError(
+            f"Cannot download {name} ({problem}); nothing was kept. {remedy}. Fetch {url} by hand "
+            f"and put it at {target}"
+        )
+
     try:
         digest = hashlib.sha256()
-        with urllib.request.urlopen(url, timeout=60) as source, open(partial, "xb") as out:
+        # the socket timeout bounds each read; the deadline, checked between reads, the whole
+        with urllib.request.urlopen(url, timeout=min(READ_TIMEOUT, timeout)) as source:
             size = int(source.headers.get("Content-Length") or 0) or None
-            with tqdm(total=size, desc=name, unit="iB", unit_scale=True, unit_divisor=1024) as bar:
-                while chunk := source.read(1 << 20):
+            if size is not None and size > max_bytes:
+                raise failed(
+                    f"{size} bytes announced, over max_bytes={max_bytes}",
+                    "Pass a larger max_bytes if it is right",
+                )
+            with (
+                open(partial, "xb") as out,
+                tqdm(total=size, desc=name, unit="iB", unit_scale=True, unit_divisor=1024) as bar,
+            ):
+                while chunk := source.read1(1 << 20):  # what has arrived, not a full megabyte
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise failed(
+                            f"more than max_bytes={max_bytes} bytes sent",
+                            "Pass a larger max_bytes if it is right",
+                        )
+                    if time.monotonic() > deadline:
+                        raise failed(
+                            f"not complete after the {timeout:g} s timeout: {received} of "
+                            f"{size or 'unknown'} bytes arrived",
+                            "Pass a longer timeout",
+                        )
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+        if size is not None and received != size:
+            raise failed(f"the connection closed after {received} of {size} bytes")
         if digest.hexdigest() != expected:
             raise RuntimeError(
                 f"{url} was downloaded but its SHA-256 is {digest.hexdigest()}, not {expected}; "
-                "nothing was kept, try again"
+                f"nothing was kept. Try again, or fetch it by hand and put it at {target}"
             )
         os.replace(partial, target)
+    except http.client.HTTPException as err:  # a truncated chunked body, a malformed response
+        raise failed(f"broken response after {received} bytes: {err!r}") from err
     except OSError as err:  # offline, refused, timed out, HTTP error (URLError is an OSError)
         reason = getattr(err, "reason", None) or err.strerror or err
-        raise RuntimeError(
-            f"Cannot download {name} ({reason}). Fetch {url} by hand and put it at {target}"
+        raise failed(
+            f"{reason}; {received} bytes had arrived" if received else str(reason)
         ) from err
     finally:
         partial.unlink(missing_ok=True)

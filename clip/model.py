@@ -1,5 +1,6 @@
 """CLIP's image and text encoders in MindSpore, with OpenAI's parameter names."""
 
+import warnings
 from collections import OrderedDict
 
 import mindspore as ms
@@ -604,6 +605,13 @@ class CLIP(nn.Cell):
         return tokens.astype(np.int32)
 
 
+def non_finite(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    arrays = {name: np.asarray(value) for name, value in state_dict.items()}
+    floats = {name: a for name, a in arrays.items() if np.issubdtype(a.dtype, np.floating)}
+    return [name for name, array in floats.items() if not np.isfinite(array).all()]
+
+
 def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | None = None) -> CLIP:
     """A CLIP whose float32 weights come from a state dict (OpenAI's names, or any convention
     clip.checkpoints reads), its architecture from config (default: the shapes, OpenAI's rules).
@@ -625,6 +633,14 @@ def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | No
             problems.append(f"{name} has shape {np.shape(given[name])}, expected {param.shape}")
     if problems:
         raise ValueError("state dict does not fit a CLIP: " + "; ".join(problems))
+    if bad := non_finite(given):  # a model that outputs NaN should not be a silent surprise
+        warnings.warn(
+            f"{len(bad)} tensors hold NaN or Inf values ({', '.join(bad[:5])}"
+            f"{', ...' * (len(bad) > 5)}), so the model's outputs will be NaN; the checkpoint is "
+            "damaged or was saved from a diverged training run",
+            UserWarning,
+            stacklevel=2,
+        )
     if release:
         state_dict.clear()
     for name, param in params.items():

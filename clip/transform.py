@@ -7,6 +7,10 @@ from PIL import Image
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
+# The most pixels the short-side resize may make (64 MB as RGBA): a 4 KB PNG of 1 x 2,000,000 would
+# be resized to 224 x 448,000,000. Resizing only the crop cannot keep OpenAI's numbers to the bit
+# (Pillow's two passes round in between, in an order that depends on the sizes), so it is refused.
+MAX_RESIZED_PIXELS = 1 << 24
 
 
 def _as_pil(image) -> Image.Image:
@@ -60,6 +64,13 @@ class Preprocess:
         if w == 0 or h == 0:
             raise ValueError(f"cannot preprocess an empty image of size {w}x{h} (width x height)")
         size, box = center_crop((w, h), n)
+        if size[0] * size[1] > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"cannot preprocess a {w}x{h} image (width x height): resizing its short side to "
+                f"{n} makes it {size[0]}x{size[1]}, over the limit of {MAX_RESIZED_PIXELS} pixels "
+                f"(MAX_RESIZED_PIXELS); crop it to an aspect ratio under "
+                f"{MAX_RESIZED_PIXELS // n // n}:1 around what matters first"
+            )
         if size != image.size:  # as torchvision's Resize, which skips an image of the right size
             image = image.resize(size, Image.Resampling.BICUBIC)
         image = image.crop(box).convert("RGB")

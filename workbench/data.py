@@ -22,9 +22,23 @@ SPLITS = ("train", "test", "all")
 def load_image(item) -> "Image.Image | np.ndarray":
     """A path read into a PIL image; a PIL image or a numpy array as is."""
     if isinstance(item, str | os.PathLike):
-        with Image.open(item) as image:
-            image.load()
-            return image
+        try:
+            with Image.open(item) as image:
+                image.load()
+                return image
+        except Image.DecompressionBombError as err:
+            raise ValueError(
+                f"{item} is refused as a possible decompression bomb ({err}); if you trust it, "
+                "raise PIL.Image.MAX_IMAGE_PIXELS, or downscale the file"
+            ) from err
+        except MemoryError:
+            raise
+        except Exception as err:  # Pillow's decoders raise many kinds on malformed files
+            if isinstance(err, OSError) and err.filename is not None:
+                raise  # from the operating system (absent, a directory, denied): names the path
+            raise ValueError(
+                f"{item} is not a readable image ({type(err).__name__}: {err}); check or replace it"
+            ) from err
     if isinstance(item, Image.Image | np.ndarray):
         return item
     raise TypeError(

@@ -3,13 +3,16 @@
 The cache (a directory, off by default) holds one .npy file per call, named by a SHA-256 of the
 model's weights, the preprocessing and the inputs' content (file bytes for paths, pixels for images
 and arrays, the strings for texts), so a re-run notebook cell reads its features back instead of
-running the model, and features of another model, preprocessing or input are never returned.
+running the model, and features of another model, preprocessing or input are never returned. The
+name also carries the SHA-256 of the array's bytes: an entry of the wrong shape, with non-finite
+values or changed contents is computed again, and a cache that cannot be written only warns.
 """
 
 import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from weakref import WeakKeyDictionary
@@ -59,9 +62,10 @@ def _image_items(images) -> list | np.ndarray:
 
 def _hash_image(digest, item) -> None:
     if isinstance(item, str | os.PathLike):
-        content = Path(item).read_bytes()
-        digest.update(f"file {len(content)}\0".encode())
-        digest.update(content)
+        with open(item, "rb") as file:  # in chunks: a large file is not read into memory at once
+            digest.update(f"file {os.fstat(file.fileno()).st_size}\0".encode())
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
     elif isinstance(item, Image.Image):
         palette = item.getpalette() or []
         digest.update(f"pil {item.mode} {item.size} {palette}\0".encode())
@@ -73,28 +77,76 @@ def _hash_image(digest, item) -> None:
         load_image(item)  # raises the TypeError that names what is accepted
 
 
-def _cached(cache, key: str, count: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """The (count, D) float32 array stored under key in the cache directory, else compute it."""
+def _checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _prepared(preprocess: Callable, item) -> np.ndarray:
+    """preprocess(load_image(item)), its errors naming the file of a path."""
+    image = load_image(item)  # names the file in its errors
+    try:
+        return preprocess(image)
+    except (ValueError, OSError) as err:
+        if isinstance(item, str | os.PathLike):
+            raise ValueError(f"{item}: {err}") from err
+        raise
+
+
+def _read_entry(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The float32 array of `shape` in a cache file, if its bytes match the checksum in its name."""
+    try:
+        # mapped first, so a header claiming a huge shape is refused before anything is read
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        if stored.dtype != np.float32 or stored.shape != shape:
+            return None
+        stored = np.array(stored)
+    except (OSError, ValueError, EOFError):
+        return None  # unreadable or truncated
+    checksum = path.name.removesuffix(".npy").rsplit(".", 1)[-1]
+    return stored if np.isfinite(stored).all() and _checksum(stored) == checksum else None
+
+
+def _cached(
+    cache, key: str, shape: tuple[int, int], compute: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """The float32 array of `shape` stored under key in the cache directory, else compute it."""
     if cache is None:
         return compute()
-    path = Path(cache).expanduser() / f"{key}.npy"
-    try:
-        stored = np.load(path, allow_pickle=False)
-        if stored.dtype == np.float32 and stored.ndim == 2 and len(stored) == count:
+    directory = Path(cache).expanduser()
+    for path in sorted(directory.glob(f"{key}.*.npy")):  # <key>.<SHA-256 of the bytes>.npy
+        if (stored := _read_entry(path, shape)) is not None:
             return stored
-    except (OSError, ValueError, EOFError):
-        pass  # absent or damaged: computed again and overwritten
+        try:
+            path.unlink()  # of the wrong shape or dtype, damaged, non-finite or bit-flipped
+        except OSError:
+            pass  # a read-only cache: the entry is skipped each time
     features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    if not np.isfinite(features).all():  # not worth keeping: a re-run may be fixed upstream
+        warnings.warn(f"features hold NaN or inf values; not cached in {directory}", stacklevel=3)
+        return features
+    path = directory / f"{key}.{_checksum(features)}.npy"
+    temp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
         with os.fdopen(handle, "wb") as file:
             np.save(file, features)
         os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    except OSError as err:  # read-only, full, or not a directory: the features are still good
+        warnings.warn(
+            f"features computed but not cached: cannot write {path} ({err}); make {directory} a "
+            "writable directory with free space, or pass cache=None",
+            stacklevel=3,
+        )
+    finally:
+        if temp is not None:  # gone after the rename; left by a failed write
+            Path(temp).unlink(missing_ok=True)
     return features
+
+
+def _width(model) -> int:
+    """The width of the model's joint embedding, that of its image and text features."""
+    return int(model.text_projection.shape[1])
 
 
 def _batched(encode, chunks: list, count: int, unit: str, progress: bool) -> np.ndarray:
@@ -133,7 +185,7 @@ def image_features(
         def batches():
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                yield np.stack([preprocess(load_image(item)) for item in chunk])
+                yield np.stack([_prepared(preprocess, item) for item in chunk])
 
         return _batched(model.encode_image, batches(), len(items), "image", progress)
 
@@ -146,7 +198,7 @@ def image_features(
         for item in items:
             _hash_image(digest, item)
         key = f"image-{digest.hexdigest()}"
-    features = _cached(cache, key, len(items), compute)
+    features = _cached(cache, key, (len(items), _width(model)), compute)
     return l2_normalize(features) if normalize else features
 
 
@@ -183,5 +235,5 @@ def text_features(
         digest = hashlib.sha256(_VERSION + b"text\0" + weights_digest(model).encode())
         digest.update(json.dumps([length, truncate, texts]).encode())
         key = f"text-{digest.hexdigest()}"
-    features = _cached(cache, key, len(texts), compute)
+    features = _cached(cache, key, (len(texts), _width(model)), compute)
     return l2_normalize(features) if normalize else features

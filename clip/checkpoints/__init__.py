@@ -5,7 +5,9 @@ pickle (legacy torch.save), safetensors header, MindSpore .ckpt protobuf. A mode
 open_clip or the Hugging Face hub saves it (or a weights file in one) also gives its config.
 """
 
+import io
 import json
+import math
 import os
 import zipfile
 from collections import Counter
@@ -19,7 +21,7 @@ from .common import BF16, CheckpointError, bf16_to_fp32, dtype_name
 from .mindspore_ckpt import CONFIG_KEY, read_ckpt, write_ckpt
 from .names import canonical, naming
 from .safetensors_file import read_safetensors
-from .torch_formats import read_torch_legacy, read_torch_zip, zip_kind
+from .torch_formats import BoundedZip, read_torch_legacy, read_torch_zip, zip_kind
 
 __all__ = [
     "FORMATS", "Checkpoint", "CheckpointError", "detect_format", "read_checkpoint",
@@ -38,9 +40,32 @@ FORMATS = {
 _WEIGHT_SUFFIXES = {".pt", ".bin", ".safetensors", ".ckpt", ".npz"}
 
 
+def _npy(data: bytes, where: str) -> np.ndarray:
+    """The array of a .npy file's bytes, its size checked against its header before any use."""
+    file = io.BytesIO(data)
+    version = np.lib.format.read_magic(file)
+    if version not in ((1, 0), (2, 0)):
+        raise CheckpointError(f"{where}: unsupported .npy version {version}; re-save with np.savez")
+    read_header = np.lib.format.read_array_header_1_0
+    if version == (2, 0):
+        read_header = np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(file)
+    if dtype.hasobject:
+        raise CheckpointError(f"{where}: holds Python objects (a pickle), refused; no weights do")
+    count, offset = math.prod(shape), file.tell()
+    if count * dtype.itemsize != len(data) - offset:  # np.load would allocate the header's size
+        raise CheckpointError(
+            f"{where}: its header says {count * dtype.itemsize:,} bytes of data, it holds "
+            f"{len(data) - offset:,}"
+        )
+    array = np.frombuffer(data, dtype, count, offset)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
+
+
 def _read_npz(path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+    """The arrays of a .npz, each member inflated with a bound (a deflate bomb is refused)."""
+    with BoundedZip(path) as archive:
+        return {n[:-4]: _npy(archive.read(n), f"{path}: {n}") for n in archive.namelist()}
 
 
 _READERS = {
@@ -116,7 +141,7 @@ def _is_ckpt(head: bytes) -> bool:
 def _text_error(path: Path, head: bytes) -> CheckpointError | None:
     """The error for a text file (an error page, a Git LFS pointer, ...), or None if binary."""
     text = head.decode("utf-8", "ignore")
-    if b"\0" in head or len(text) < len(head) - 3:  # a cut multi-byte character may end it
+    if b"\0" in head or len(text) < max(len(head) - 3, 1):  # a cut multi-byte character may end it
         return None
     if text.startswith("version https://git-lfs"):
         return CheckpointError(f"{path}: is a Git LFS pointer, not weights; run `git lfs pull`")
@@ -142,14 +167,14 @@ def detect_format(path: str | os.PathLike) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile as err:
-            raise CheckpointError(f"{path}: is a truncated or corrupt zip archive") from err
+        except Exception as err:  # BadZipFile, or what a damaged directory makes zipfile trip on
+            raise CheckpointError(f"{path}: is a truncated or corrupt zip archive ({err})") from err
         if kind := zip_kind(names):
             return kind
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         raise CheckpointError(f"{path}: is a zip archive with neither data.pkl nor .npy arrays")
-    if head[0] == 0x80 and 2 <= head[1] <= 5:
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "torch-legacy"
     header = int.from_bytes(head[:8], "little")
     if head[8:9] == b"{" and 0 < header <= path.stat().st_size - 8:
@@ -158,6 +183,11 @@ def detect_format(path: str | os.PathLike) -> str:
         raise error
     if _is_ckpt(head):
         return "mindspore-ckpt"
+    if len(head) < 16:
+        raise CheckpointError(
+            f"{path}: is only {len(head)} bytes, too short for a checkpoint; the download or copy "
+            "was cut short"
+        )
     raise CheckpointError(
         f"{path}: unknown format (starts with {head[:16]!r}); expected a PyTorch .pt/.bin, "
         "safetensors, MindSpore .ckpt or numpy .npz file"
