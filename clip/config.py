@@ -316,8 +316,13 @@ def from_hf(config: dict, preprocessor: dict | None = None) -> CLIPConfig:
             f"this Hugging Face model is a {kind!r} (model_type), not a CLIPModel; "
             "clip-workbench runs OpenAI-architecture CLIP models only"
         )
-    text = {**_HF_TEXT, **config.get("text_config", {})}
-    vision = {**_HF_VISION, **config.get("vision_config", {})}
+    # older transformers wrote the non-default values under *_config_dict, which CLIPConfig merges
+    text = {**_HF_TEXT, **config.get("text_config", {}), **config.get("text_config_dict", {})}
+    vision = {
+        **_HF_VISION,
+        **config.get("vision_config", {}),
+        **config.get("vision_config_dict", {}),
+    }
     acts = {text["hidden_act"], vision["hidden_act"]}
     if len(acts) > 1 or not acts <= {"quick_gelu", "gelu"}:
         raise UnsupportedModel(f"hidden_act {sorted(acts)}: one of quick_gelu or gelu is supported")

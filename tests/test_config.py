@@ -73,6 +73,18 @@ def test_hugging_face_config_with_transformers_defaults():
     )
 
 
+def test_hugging_face_config_dicts_of_older_transformers_are_merged():
+    config = from_hf({"text_config": {"hidden_act": "quick_gelu"},
+                      "text_config_dict": {"hidden_act": "gelu", "hidden_size": 1024,
+                                           "num_attention_heads": 16},
+                      "vision_config_dict": {"hidden_act": "gelu"}})  # fmt: skip
+    assert (config.activation, config.transformer_width, config.transformer_heads) == (
+        "gelu",
+        1024,
+        16,
+    )
+
+
 @pytest.mark.parametrize(
     "config,named",
     [
