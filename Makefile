@@ -1,10 +1,13 @@
 # Two entry points: `make lab` (JupyterLab on notebooks/, the main job) and `make test` (the suite).
-# Both create .venv when it is missing, or refresh it when pyproject.toml changes.
+# Both create .venv (Python 3.11) when it is missing, or refresh it when pyproject.toml changes;
+# `make test` also runs the suite on Python 3.12 in .venv312 when a 3.12 interpreter can be found.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+VENV312 := .venv312
+BIN312 := $(VENV312)/bin
 
-.PHONY: lab test lint fixtures bench
+.PHONY: lab test test-3.11 test-3.12 lint fixtures bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +30,55 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: lint $(CHROMIUM)
-	$(BIN)/python -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+PYTEST := -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+# ruff once, then the whole suite (tests + notebooks) on each interpreter.
+test: lint $(CHROMIUM) test-3.11 test-3.12
+
+test-3.11: $(BIN)/.installed $(CHROMIUM)
+	@echo "== make test: Python 3.11 ($(VENV)) =="
+	$(BIN)/python $(PYTEST)
+
+# Skipped, with a printed line, when no Python 3.12 could be found or installed.
+test-3.12: $(BIN312)/.installed $(CHROMIUM)
+	@if [ -f $(BIN312)/.installed ]; then \
+		echo "== make test: Python 3.12 ($(VENV312)) =="; \
+		$(BIN312)/python $(PYTEST); \
+	else \
+		echo "== make test: SKIPPED Python 3.12: no interpreter found (see above) =="; \
+	fi
+
+# A working 3.12: `python3.12` on PATH (checked by running it: an inactive pyenv shim is on PATH
+# but fails), else pyenv's, else Debian's python3.12 package when the distribution has one
+# (Debian 12 does not). PYTHON312=/path/to/python3.12 overrides the search.
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+PYTHON312 ?= $(firstword $(foreach p,python3.12 $(wildcard $(PYENV_VERSIONS)/3.12.*/bin/python),\
+	$(shell $(p) -c 'import sys, venv; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null \
+		&& command -v $(p))))
+
+$(BIN312)/.installed: pyproject.toml
+	@py="$(PYTHON312)"; \
+	if [ -z "$$py" ] && command -v apt-get >/dev/null; then \
+		apt-cache show python3.12-venv >/dev/null 2>&1 || apt-get update -qq >/dev/null 2>&1; \
+		if apt-cache show python3.12 python3.12-venv >/dev/null 2>&1; then \
+			echo "make: no Python 3.12 found; installing Debian's python3.12 python3.12-venv"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.12 python3.12-venv \
+				&& py=$$(command -v python3.12); \
+		else \
+			echo "make: no python3.12 on PATH or under $(PYENV_VERSIONS), and apt has no" \
+				"python3.12 package (Debian 12 ships 3.11 only)"; \
+		fi; \
+	fi; \
+	if [ -z "$$py" ]; then \
+		echo "make: SKIPPING Python 3.12: no interpreter; set PYTHON312=/path/to/python3.12"; \
+		exit 0; \
+	fi; \
+	echo "make: $(VENV312) with $$py"; \
+	set -e; \
+	test -x $(BIN312)/python || $$py -m venv $(VENV312); \
+	$(BIN312)/python -m pip install --quiet --upgrade pip; \
+	$(BIN312)/python -m pip install --quiet -e ".[dev,lab]"; \
+	touch $@
 
 # Developer tooling only: the PyTorch reference (OpenAI's code, torchvision's transforms) that writes
 # tests/fixtures/. CI and the library never use it.
