@@ -66,5 +66,5 @@ def load(
         )
     if jit:
         model.compile_encoders()
-    config = model.config
-    return model, transform(config.image_resolution, config.image_mean, config.image_std)
+    built = model.config
+    return model, transform(built.image_resolution, built.image_mean, built.image_std)

@@ -17,7 +17,7 @@ from PIL import Image
 from . import load, tokenize
 from .checkpoints import FORMATS, model_files, read_checkpoint, write_ckpt
 from .config import CLIPConfig, model_config, read_config
-from .model import build_model, non_finite
+from .model import check_fits, non_finite
 
 
 def _prompts(template: str, labels: list[str]) -> list[str]:
@@ -45,16 +45,19 @@ def predict(args: argparse.Namespace) -> None:
     except (OSError, Image.DecompressionBombError) as err:  # a bomb is not an OSError
         raise OSError(f"cannot read image {args.image}: {err}") from err
     model, preprocess = load(args.model)
-    for text in texts:  # one at a time, to name the prompt that does not fit
-        try:
-            tokenize(text, context_length=model.context_length)
-        except RuntimeError:
-            shown = text if len(text) <= 80 else f"{text[:60]}...{text[-10:]}"
-            raise ValueError(
-                f'the prompt "{shown}" is too long for context length {model.context_length} of '
-                f"model {args.model}; shorten its label or --template"
-            ) from None
-    tokens = tokenize(texts, context_length=model.context_length)
+    try:
+        tokens = tokenize(texts, context_length=model.context_length)
+    except RuntimeError:
+        for text in texts:  # one at a time, to name the prompt that does not fit
+            try:
+                tokenize(text, context_length=model.context_length)
+            except RuntimeError:
+                shown = text if len(text) <= 80 else f"{text[:60]}...{text[-10:]}"
+                raise ValueError(
+                    f'the prompt "{shown}" is too long for context length '
+                    f"{model.context_length} of model {args.model}; shorten its label or --template"
+                ) from None
+        raise
     logits, _ = model(Tensor(preprocess(image)[None]), tokens)
     probs = ops.softmax(logits, axis=-1).asnumpy()[0]
     width = max(map(len, labels))
@@ -83,7 +86,7 @@ def convert(args: argparse.Namespace) -> None:
     checkpoint = read_checkpoint(args.src)
     config = read_config(args.config) if args.config else checkpoint.config
     try:
-        build_model(dict(checkpoint.state_dict), config=config)  # the weights fit a CLIP
+        check_fits(checkpoint.state_dict, config)
     except ValueError as err:
         raise ValueError(f"{args.src}: {err}") from err
     stored = None if config is None else config.to_json()

@@ -612,15 +612,10 @@ def non_finite(state_dict: dict) -> list[str]:
     return [name for name, array in floats.items() if not np.isfinite(array).all()]
 
 
-def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | None = None) -> CLIP:
-    """A CLIP whose float32 weights come from a state dict (OpenAI's names, or any convention
-    clip.checkpoints reads), its architecture from config (default: the shapes, OpenAI's rules).
-
-    release=True empties state_dict as its arrays are copied into the model, so that a caller
-    holding no other reference to them never has two copies of the weights in memory.
-    """
-    given = canonical(state_dict)
-    with no_init_parameters():  # placeholders take no memory: every parameter is set below
+def _unfilled(given: dict, config: CLIPConfig | None) -> CLIP:
+    """A CLIP of config (default: the shapes' OpenAI rules) whose parameters are placeholders
+    taking no memory, after checking that the canonical state dict `given` fits it exactly."""
+    with no_init_parameters():
         model = CLIP(config or model_config(given))
     params = dict(model.parameters_and_names())
     problems = []
@@ -633,6 +628,24 @@ def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | No
             problems.append(f"{name} has shape {np.shape(given[name])}, expected {param.shape}")
     if problems:
         raise ValueError("state dict does not fit a CLIP: " + "; ".join(problems))
+    return model
+
+
+def check_fits(state_dict: dict, config: CLIPConfig | None = None) -> CLIPConfig:
+    """The architecture of the CLIP a state dict fits (see build_model), without building it; a
+    ValueError says what does not fit."""
+    return _unfilled(canonical(state_dict), config).config
+
+
+def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | None = None) -> CLIP:
+    """A CLIP whose float32 weights come from a state dict (OpenAI's names, or any convention
+    clip.checkpoints reads), its architecture from config (default: the shapes, OpenAI's rules).
+
+    release=True empties state_dict as its arrays are copied into the model, so that a caller
+    holding no other reference to them never has two copies of the weights in memory.
+    """
+    given = canonical(state_dict)
+    model = _unfilled(given, config)
     if bad := non_finite(given):  # a model that outputs NaN should not be a silent surprise
         warnings.warn(
             f"{len(bad)} tensors hold NaN or Inf values ({', '.join(bad[:5])}"
@@ -643,6 +656,6 @@ def build_model(state_dict: dict, release: bool = False, config: CLIPConfig | No
         )
     if release:
         state_dict.clear()
-    for name, param in params.items():
+    for name, param in model.parameters_and_names():
         param.set_data(Tensor(np.asarray(given.pop(name), dtype=np.float32)))
     return model

@@ -56,6 +56,8 @@ class Preprocess:
             raise ValueError(f"mean and std need three values, std > 0; got {mean}, {std}")
         self.n_px = int(n_px)
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
+        self._mean = np.array(self.mean, np.float32).reshape(3, 1, 1)
+        self._std = np.array(self.std, np.float32).reshape(3, 1, 1)
 
     def __call__(self, image: "Image.Image | np.ndarray") -> np.ndarray:
         """float32 array (3, n_px, n_px) for a PIL image or an HWC uint8 array."""
@@ -75,9 +77,7 @@ class Preprocess:
             image = image.resize(size, Image.Resampling.BICUBIC)
         image = image.crop(box).convert("RGB")
         x = np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255)
-        mean = np.array(self.mean, np.float32).reshape(3, 1, 1)
-        std = np.array(self.std, np.float32).reshape(3, 1, 1)
-        return np.ascontiguousarray((x - mean) / std)
+        return np.ascontiguousarray((x - self._mean) / self._std)
 
     def __repr__(self) -> str:
         n = self.n_px

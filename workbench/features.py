@@ -144,11 +144,6 @@ def _cached(
     return features
 
 
-def _width(model) -> int:
-    """The width of the model's joint embedding, that of its image and text features."""
-    return int(model.text_projection.shape[1])
-
-
 def _batched(encode, chunks: list, count: int, unit: str, progress: bool) -> np.ndarray:
     """Encoder outputs of consecutive chunks, concatenated as float32, with a progress bar."""
     outputs = []
@@ -198,7 +193,7 @@ def image_features(
         for item in items:
             _hash_image(digest, item)
         key = f"image-{digest.hexdigest()}"
-    features = _cached(cache, key, (len(items), _width(model)), compute)
+    features = _cached(cache, key, (len(items), model.config.embed_dim), compute)
     return l2_normalize(features) if normalize else features
 
 
@@ -235,5 +230,5 @@ def text_features(
         digest = hashlib.sha256(_VERSION + b"text\0" + weights_digest(model).encode())
         digest.update(json.dumps([length, truncate, texts]).encode())
         key = f"text-{digest.hexdigest()}"
-    features = _cached(cache, key, (len(texts), _width(model)), compute)
+    features = _cached(cache, key, (len(texts), model.config.embed_dim), compute)
     return l2_normalize(features) if normalize else features
