@@ -12,7 +12,7 @@ BIN312 := $(VENV312)/bin
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,lab]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,lab,ray]"
 	touch $@
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -77,7 +77,7 @@ $(BIN312)/.installed: pyproject.toml
 	set -e; \
 	test -x $(BIN312)/python || $$py -m venv $(VENV312); \
 	$(BIN312)/python -m pip install --quiet --upgrade pip; \
-	$(BIN312)/python -m pip install --quiet -e ".[dev,lab]"; \
+	$(BIN312)/python -m pip install --quiet -e ".[dev,lab,ray]"; \
 	touch $@
 
 # Developer tooling only: the PyTorch reference (OpenAI's code, torchvision's transforms) that writes
