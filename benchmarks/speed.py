@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from host import describe
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHONS = {
@@ -95,6 +96,14 @@ def main() -> int:
     if not PYTHONS["torch"].exists():
         print(f"{PYTHONS['torch']} is missing: `make bench` builds the reference environment")
         return 2
+    reference = subprocess.run(
+        [PYTHONS["torch"], "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    header = f"{describe('mindspore', 'numpy')}; reference torch {reference}"
+    print(header, flush=True)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -111,7 +120,8 @@ def main() -> int:
         key: {i: (max(v) if key[1].endswith("/s") else min(v)) for i, v in by_impl.items()}
         for key, by_impl in results.items()
     }
-    print("\nratio > 1: this project is better (faster, or less memory)\n")
+    print(f"\n{header}")
+    print("ratio > 1: this project is better (faster, or less memory)\n")
     print(table(best))
     return 0
 
