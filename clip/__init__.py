@@ -4,7 +4,9 @@ import os
 import warnings
 from pathlib import Path
 
-from .checkpoints import read_checkpoint
+from tqdm.auto import tqdm
+
+from .checkpoints import model_files, read_checkpoint
 from .config import AssumedConfigWarning, CLIPConfig, read_config
 from .device import select_device
 from .hub import MODELS, SHIPPED, available_models, download
@@ -14,6 +16,7 @@ from .transform import Preprocess, transform
 
 __all__ = ["available_models", "load", "tokenize", "CLIP", "CLIPConfig", "Preprocess"]
 __version__ = "0.1.0"
+PROGRESS_BYTES = 64 << 20  # files this large take seconds to read and build: load shows progress
 
 
 def load(
@@ -23,6 +26,7 @@ def load(
     download_root: str | os.PathLike | None = None,
     *,
     config: "CLIPConfig | dict | str | os.PathLike | None" = None,
+    progress: bool | None = None,
 ) -> tuple[CLIP, Preprocess]:
     """A CLIP model and its preprocess, from an OpenAI model name, "demo", a checkpoint file, or
     a model folder as open_clip or the Hugging Face hub save it.
@@ -36,6 +40,9 @@ def load(
     MindSpore's device target (device, or the best one present) and, on CPU, turns on MindSpore's
     launch_blocking (its default busy-waiting launch threads take a core from the kernels).
     Nothing else outside the returned model is changed.
+
+    progress: a progress bar over reading and building; None shows it for weights
+    files of PROGRESS_BYTES or more.
     """
     if str(name) in MODELS:
         path = download(str(name), download_root)
@@ -49,12 +56,21 @@ def load(
             f"shipped: {list(SHIPPED)}, or a checkpoint path"
         )
     select_device(device)
-    checkpoint = read_checkpoint(path)
-    architecture = checkpoint.config if config is None else read_config(config)
-    try:  # release: empties the state dict as the model takes its arrays
-        model = build_model(checkpoint.state_dict, release=True, config=architecture)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+    if progress is None:
+        weights = model_files(path)[0]
+        progress = weights.is_file() and weights.stat().st_size >= PROGRESS_BYTES
+    bar = tqdm(total=2, desc=f"reading {Path(path).name}", unit="step", disable=not progress)
+    with bar:
+        checkpoint = read_checkpoint(path)
+        bar.update()
+        bar.set_description("building the model")
+        architecture = checkpoint.config if config is None else read_config(config)
+        try:  # release: empties the state dict as the model takes its arrays
+            model = build_model(checkpoint.state_dict, release=True, config=architecture)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+        bar.update()
+        bar.set_description(f"loaded {Path(path).name}")
     if architecture is None:
         warnings.warn(
             f"{path} has no config, so it is built with OpenAI's assumptions (QuickGELU, "

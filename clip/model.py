@@ -11,6 +11,7 @@ from mindspore.nn.utils import no_init_parameters
 
 from .checkpoints.names import canonical
 from .config import CLIPConfig, model_config
+from .summary import ModelSummary, summary
 
 EXPORT = False  # set by clip.export: graphs with no Python loop over the batch, in ops ONNX exports
 
@@ -499,6 +500,13 @@ class CLIP(nn.Cell):
     def dtype(self) -> ms.Type:
         """Compute dtype of the encoders."""
         return self.visual.conv1.weight.dtype
+
+    def summary(self) -> ModelSummary:
+        """Architecture, input, parameter count and dtype, as text or HTML."""
+        return summary(self)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
 
     def compile_encoders(self) -> None:
         """Run both encoders as compiled MindSpore graphs (jit) from now on, images at most

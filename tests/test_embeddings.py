@@ -7,7 +7,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.offsetbox import AnnotationBbox
 
@@ -15,6 +14,7 @@ import clip
 from workbench import embeddings
 from workbench.demo import shapes
 from workbench.features import image_features, text_features
+from workbench.figures import OKABE_ITO
 
 matplotlib.use("Agg")
 DEMO = Path(__file__).resolve().parents[1] / "clip" / "weights" / "demo.ckpt"
@@ -90,14 +90,14 @@ def test_projection_plot_has_labels_stars_and_thumbnails():
     texts = np.random.default_rng(2).normal(size=(3, 16))
     images = [np.full((8, 8, 3), 40 * i, np.uint8) for i in range(12)]
     ax = embeddings.plot_projection(features, labels, ["circle", "square", "star"], texts, "pca",
-                                    images=images)  # fmt: skip
+                                    images=images).axes[0]  # fmt: skip
     assert ax.get_xlabel().startswith("PC 1") and ax.get_ylabel().startswith("PC 2")
     assert "PCA of image and text embeddings" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["circle", "square", "star"]
     assert sum(isinstance(a, AnnotationBbox) for a in ax.artists) == 12
     assert [t.get_text() for t in ax.texts] == ['"circle"', '"square"', '"star"']
     points = embeddings.project(np.concatenate([features, texts]), "pca")
-    ax = embeddings.plot_projection(features, labels, None, texts, "tsne", points=points)
+    ax = embeddings.plot_projection(features, labels, None, texts, "tsne", points=points).axes[0]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), points[:12][labels == 0])
     assert ax.get_xlabel() == "t-SNE 1 (arbitrary units)"
     with pytest.raises(ValueError, match="one text embedding per class"):
@@ -106,17 +106,17 @@ def test_projection_plot_has_labels_stars_and_thumbnails():
 
 def test_projection_draws_colour_named_classes_in_their_colour():
     features, labels = _clusters(12)
-    ax = embeddings.plot_projection(features, labels, ["red", "circle", "cyan"])
+    ax = embeddings.plot_projection(features, labels, ["red", "circle", "cyan"]).axes[0]
     dots = [to_hex(c.get_facecolor()[0]) for c in ax.collections]
     assert dots[0] == to_hex("red") and dots[2] == to_hex("cyan")
-    assert dots[1] == to_hex(colormaps["tab10"](1))
+    assert dots[1] == to_hex(OKABE_ITO[1])
 
 
 def test_modality_gap_plot_joins_pairs():
     rng = np.random.default_rng(3)
     image = rng.normal(size=(10, 8)) + 2
     text = rng.normal(size=(10, 8)) - 2
-    ax = embeddings.plot_modality_gap(image, text)
+    ax = embeddings.plot_modality_gap(image, text).axes[0]
     assert len(ax.lines) == 10
     assert f"{embeddings.modality_gap(image, text):.3f}" in ax.get_title()
     assert ax.get_xlabel().startswith("PC 1")
@@ -128,7 +128,7 @@ def test_similarity_plot_writes_each_cosine_in_its_cell():
     rng = np.random.default_rng(4)
     image, text = rng.normal(size=(3, 8)), rng.normal(size=(2, 8))
     images = [np.zeros((8, 8, 3), np.uint8)] * 3
-    ax = embeddings.plot_similarity(image, text, images, ["a cat", "a dog"])
+    ax = embeddings.plot_similarity(image, text, images, ["a cat", "a dog"]).axes[0]
     cosine = (text / np.linalg.norm(text, axis=1, keepdims=True)) @ (
         image / np.linalg.norm(image, axis=1, keepdims=True)
     ).T

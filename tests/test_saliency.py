@@ -307,12 +307,12 @@ def test_overlay_titles_and_colourbar(vit):
     image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (80, 100, 3), np.uint8))
     heatmap = saliency.heatmap(vit, transform(64)(image), "a red circle", "maskclip")
     ax = saliency.overlay(image, heatmap, title="maskclip: 'a red circle'",
-                          label=saliency.UNITS["maskclip"])  # fmt: skip
+                          label=saliency.UNITS["maskclip"]).axes[0]  # fmt: skip
     assert ax.get_title() == "maskclip: 'a red circle'"
     assert ax.figure.axes[1].get_ylabel() == "cosine similarity"
     shown = ax.get_images()[1].get_array()
     assert shown.shape == (80, 100) and np.ma.getmaskarray(shown)[:, :10].all()
-    ax = saliency.overlay(transform(64)(image), heatmap)
+    ax = saliency.overlay(transform(64)(image), heatmap).axes[0]
     assert ax.get_images()[0].get_array().shape == (64, 64, 3)
 
 

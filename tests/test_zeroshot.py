@@ -252,3 +252,36 @@ def test_bad_use_is_named(tiny_clip):
         classifier.predict(np.zeros((1, 5), np.float32))
     with pytest.raises(ValueError, match="pass preprocess="):
         classifier.predict(data.shapes_dataset("test", 1))
+
+
+def test_top_k_result_shows_the_most_probable_classes(tiny_clip):
+    model, preprocess = tiny_clip
+    names = ["cat", ["dog", "puppy"], "red star", "<b>bold</b>"]
+    classifier = ZeroShotClassifier(model, names, templates=TEMPLATES, labels=list("abcd")).fit()
+    x = np.random.default_rng(1).normal(size=(12, classifier.weights_.shape[1])).astype(np.float32)
+    proba = classifier.predict_proba(x)
+    result = classifier.top_k(x, k=3)
+    order = np.argsort(-proba, axis=1)[:, :3]  # an independent ranking
+    np.testing.assert_array_equal(result.columns, order)
+    np.testing.assert_allclose(result.probabilities, np.sort(proba, axis=1)[:, ::-1][:, :3])
+    np.testing.assert_array_equal(result.labels[:, 0], classifier.predict(x))
+    shown = ["cat", "dog / puppy", "red star", "<b>bold</b>"]
+    text, page = repr(result), result._repr_html_()
+    assert text.startswith("Zero-shot top 3 of 4 classes, 12 images")
+    for i in range(10):
+        ranked = zip(order[i], proba[i, order[i]], strict=True)
+        row = ", ".join(f"{shown[c]} {100 * p:.1f}%" for c, p in ranked)
+        assert f"image {i}: {row}" in text
+        assert all(f"{100 * p:.1f}%" in page for p in proba[i, order[i]])
+    assert "image 10:" not in text and "... 2 more images" in text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    one = classifier.top_k(x[:1], k=4)
+    lines = repr(one).splitlines()
+    assert lines[0] == "Zero-shot top 4 of 4 classes, 1 image"
+    for line, c in zip(lines[2:], order[0].tolist() + [int(np.argmin(proba[0]))], strict=True):
+        assert line.split()[1] == shown[c].split()[0]
+        assert line.endswith(f"{100 * proba[0, c]:.2f}%")
+    bars = one.plot().axes[0].patches
+    np.testing.assert_allclose([b.get_width() for b in bars], 100 * np.sort(proba[0])[::-1])
+    with pytest.raises(ValueError, match="k must be between 1 and the class count 4"):
+        classifier.top_k(x, k=5)

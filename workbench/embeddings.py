@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import figures
 from .features import l2_normalize
 
 PROJECTIONS = ("pca", "tsne", "umap")
@@ -46,14 +47,6 @@ def project(features, method: str = "pca", seed: int = 0) -> np.ndarray:
     raise ValueError(f"method must be one of {PROJECTIONS}, got {method!r}")
 
 
-def _axes(ax, figsize=(6, 5)):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        ax = plt.figure(figsize=figsize).add_subplot()
-    return ax
-
-
 def _label_axes(ax, method: str, title: str) -> None:
     name = _AXIS_NAMES[method]
     unit = " (unit-sphere coordinates)" if method == "pca" else " (arbitrary units)"
@@ -87,8 +80,8 @@ def plot_projection(
     """Scatter of the 2-D projection of image embeddings (dots) and, if given, text embeddings
     (one per class, stars) in one shared projection, coloured by label; images (one per image
     embedding) are drawn as thumbnails at their points; a class named as a colour ("red") is drawn
-    in it. points: the projection (images then texts) when already computed. Returns the axes."""
-    import matplotlib.pyplot as plt
+    in it, other classes in the Okabe-Ito palette (marker changing after eight). points: the
+    projection (images then texts) when already computed. Returns the Figure."""
     from matplotlib.colors import CSS4_COLORS
 
     image_features = _normalized(image_features)
@@ -109,15 +102,13 @@ def plot_projection(
     points = project(stacked, method, seed) if points is None else np.asarray(points)
     if points.shape != (len(stacked), 2):
         raise ValueError(f"points must have shape {(len(stacked), 2)}, got {points.shape}")
-    ax = _axes(ax)
-    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    colours = [
-        name if name in CSS4_COLORS else palette(c % palette.N) for c, name in enumerate(classes)
-    ]
+    ax, figure = figures.axes(ax)
+    colours = [name if name in CSS4_COLORS else figures.colour(c) for c, name in enumerate(classes)]
     for c, name in enumerate(classes):
         chosen = labels == c
         if chosen.any():
-            ax.scatter(*points[:count][chosen].T, s=14, color=colours[c], label=name)
+            ax.scatter(*points[:count][chosen].T, s=14, color=colours[c], marker=figures.marker(c),
+                       label=name)  # fmt: skip
     if text_features is not None:
         for c, name in enumerate(classes):
             ax.scatter(
@@ -147,7 +138,7 @@ def plot_projection(
         else ("image embeddings")
     )
     _label_axes(ax, method, title or f"{method.upper()} of {what}")
-    return ax
+    return figure
 
 
 def modality_gap(image_features, text_features) -> float:
@@ -161,21 +152,22 @@ def modality_gap(image_features, text_features) -> float:
 
 def plot_modality_gap(image_features, text_features, ax=None, title: str | None = None):
     """Liang et al.'s figure: matched image-text pairs (row i with row i) in a 2-D PCA of both
-    modalities, with a line joining each pair; the gap is in the title. Returns the axes."""
+    modalities, with a line joining each pair; the gap is in the title. Returns the Figure."""
     image, text = _normalized(image_features), _normalized(text_features)
     if image.shape != text.shape:
         raise ValueError(f"paired embeddings need equal shapes, got {image.shape} and {text.shape}")
     gap = modality_gap(image, text)
     points = project(np.concatenate([image, text]), "pca")
-    ax = _axes(ax)
+    ax, figure = figures.axes(ax)
     count = len(image)
     for a, b in zip(points[:count], points[count:], strict=True):
         ax.plot([a[0], b[0]], [a[1], b[1]], color="0.7", linewidth=0.6, zorder=1)
-    ax.scatter(*points[:count].T, s=14, color="tab:red", label="image", zorder=2)
-    ax.scatter(*points[count:].T, s=14, color="tab:blue", label="text", zorder=2)
+    ax.scatter(*points[:count].T, s=14, color=figures.OKABE_ITO[5], label="image", zorder=2)
+    ax.scatter(*points[count:].T, s=16, color=figures.OKABE_ITO[4], marker="^", label="text",
+               zorder=2)  # fmt: skip
     ax.legend(loc="best")
     _label_axes(ax, "pca", title or f"Modality gap: {gap:.3f} (centroid distance, unit sphere)")
-    return ax
+    return figure
 
 
 def plot_similarity(
@@ -185,9 +177,11 @@ def plot_similarity(
     captions: Sequence[str],
     ax=None,
     title: str = "Cosine similarity between text and image features",
+    *,
+    cmap: str = figures.HEATMAP_CMAP,
 ):
     """OpenAI's Interacting_with_CLIP figure: text (rows, captions) x image (columns, thumbnails)
-    cosine similarities, each written in its cell, with a colourbar. Returns the axes."""
+    cosine similarities, each written in its cell, with a colourbar. Returns the Figure."""
     similarity = _normalized(text_features) @ _normalized(image_features).T
     rows, columns = similarity.shape
     if len(captions) != rows or len(images) != columns:
@@ -196,8 +190,8 @@ def plot_similarity(
         )
     from .data import load_image
 
-    ax = _axes(ax, figsize=(1.2 * columns + 4, 1.0 * rows + 2))
-    shown = ax.imshow(similarity, vmin=similarity.min(), vmax=similarity.max())
+    ax, figure = figures.axes(ax, figsize=(1.2 * columns + 4, 1.0 * rows + 2))
+    shown = ax.imshow(similarity, vmin=similarity.min(), vmax=similarity.max(), cmap=cmap)
     ax.figure.colorbar(shown, ax=ax, fraction=0.03, pad=0.02, label="cosine similarity")
     ax.set_yticks(range(rows), captions)
     ax.set_xticks([])
@@ -207,7 +201,9 @@ def plot_similarity(
         )
     for x in range(columns):
         for y in range(rows):
-            ax.text(x, y, f"{similarity[y, x]:.2f}", ha="center", va="center", size=9)
+            dark = shown.norm(similarity[y, x]) < 0.5  # the lower half of viridis-like maps
+            ax.text(x, y, f"{similarity[y, x]:.2f}", ha="center", va="center", size=9,
+                    color="white" if dark else "black")  # fmt: skip
     for side in ("left", "top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     ax.set_xlim(-0.5, columns - 0.5)
@@ -215,4 +211,4 @@ def plot_similarity(
     ax.set_xlabel("images")
     ax.set_ylabel("captions")
     ax.set_title(title)
-    return ax
+    return figure

@@ -20,6 +20,8 @@ from clip.model import ModifiedResNet, VisionTransformer, l2_normalize
 from clip.tokenizer import SimpleTokenizer
 from clip.transform import MEAN, STD, center_crop
 
+from . import figures
+
 VIT_METHODS = ("chefer", "rollout", "maskclip")
 RESNET_METHODS = ("gradcam", "attnpool", "maskclip")
 UNITS = {
@@ -317,22 +319,43 @@ def overlay(
     title: str = "saliency",
     label: str = "relevance",
     alpha: float = 0.5,
+    *,
+    cmap: str = figures.SALIENCY_CMAP,
 ):
-    """Plot heatmap over image (PIL, HWC uint8, or preprocessed (3, n, n)) with a colourbar; a
-    heatmap of the preprocessed size over a differently sized image goes through to_original."""
-    import matplotlib.pyplot as plt
-
+    """Plot heatmap over image (PIL, HWC uint8, or preprocessed (3, n, n)) with a colourbar
+    labelled with the map's unit; a heatmap of the preprocessed size over a differently sized
+    image goes through to_original. Returns the Figure."""
     picture = _display_image(image)
     if heatmap.shape != picture.shape[:2]:
         heatmap = to_original(heatmap, (picture.shape[1], picture.shape[0]))
-    if ax is None:
-        ax = plt.figure(figsize=(4.5, 4)).add_subplot()
+    ax, figure = figures.axes(ax, figsize=(4.5, 4))
     ax.imshow(picture)
-    shown = ax.imshow(heatmap, cmap="jet", alpha=alpha)
+    shown = ax.imshow(heatmap, cmap=cmap, alpha=alpha)
     ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=label)
     ax.set_title(title)
-    ax.set_axis_off()
-    return ax
+    # the image's own pixel axes (kept for labels, ticks hidden: they carry no information)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"x ({picture.shape[1]} px)")
+    ax.set_ylabel(f"y ({picture.shape[0]} px)")
+    return figure
+
+
+def plot_text_relevance(
+    words: Sequence[str], scores, ax=None, title: str = "text relevance"
+):  # fmt: skip
+    """Bars of each word token's relevance (text_relevance's output, shares of the total).
+    Returns the Figure."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(words) != len(scores):
+        raise ValueError(f"one score per word: {len(words)} words but {len(scores)} scores")
+    ax, figure = figures.axes(ax, figsize=(max(3.0, 0.6 * len(words) + 1), 2.8))
+    ax.bar(range(len(words)), scores, color=figures.OKABE_ITO[4])
+    ax.set_xticks(range(len(words)), words)
+    ax.set_xlabel("word token")
+    ax.set_ylabel("relevance (share of total)")
+    ax.set_title(title)
+    return figure
 
 
 def pointing_game(

@@ -6,14 +6,17 @@ similarity. A class may have synonyms, averaged per template. Templates are rank
 greedily on labelled image features. ZeroShotClassifier and the widgets share the functions here.
 """
 
+import html
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from . import figures
 from .features import image_features, l2_normalize, text_features
 
 ClassNames = Sequence[str | Sequence[str]]  # a class is a name, or a list of synonyms
@@ -181,6 +184,92 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     def score(self, X, y, k: int = 1) -> float:
         """Top-k accuracy on X against labels y (k=1: accuracy; k=5: top-5)."""
         return top_k_accuracy(self.decision_function(X), _columns(self.classes_, y), k)
+
+    def top_k(self, X, k: int = 5) -> "ZeroShotResult":
+        """The k most probable classes of each image of X with their probabilities, for reading
+        (a table when printed or shown in a notebook) and plotting."""
+        proba = self.predict_proba(X)
+        if not 1 <= k <= proba.shape[1]:
+            raise ValueError(f"k must be between 1 and the class count {proba.shape[1]}, got {k}")
+        columns = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        names = [c if isinstance(c, str) else " / ".join(c) for c in self.classnames]
+        return ZeroShotResult(
+            np.take_along_axis(proba, columns, axis=1), columns, self.classes_[columns], names
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroShotResult:
+    """The top-k classes of N images: probabilities (N, k), columns (N, k) into classes_, labels
+    (N, k) as predict returns them, and every class's name."""
+
+    probabilities: np.ndarray
+    columns: np.ndarray
+    labels: np.ndarray
+    classnames: list[str]
+
+    MAX_ROWS = 10  # images shown in a repr; the arrays hold them all
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def names(self, i: int) -> list[str]:
+        """The class names of image i's top k, most probable first."""
+        return [self.classnames[c] for c in self.columns[i]]
+
+    def _heading(self) -> str:
+        count, k = self.probabilities.shape
+        images = "1 image" if count == 1 else f"{count} images"
+        return f"Zero-shot top {k} of {len(self.classnames)} classes, {images}"
+
+    def __repr__(self) -> str:
+        lines = [self._heading()]
+        if len(self) == 1:
+            width = max(len(n) for n in self.names(0))
+            lines += [f"  {'rank':>4}  {'class':<{width}}  probability"]
+            lines += [f"  {r:>4}  {n:<{width}}  {100 * p:10.2f}%"
+                      for r, (n, p) in enumerate(zip(self.names(0), self.probabilities[0],
+                                                     strict=True), 1)]  # fmt: skip
+            return "\n".join(lines)
+        for i in range(min(len(self), self.MAX_ROWS)):
+            ranked = zip(self.names(i), self.probabilities[i], strict=True)
+            lines.append(f"  image {i}: " + ", ".join(f"{n} {100 * p:.1f}%" for n, p in ranked))
+        if len(self) > self.MAX_ROWS:
+            lines.append(f"  ... {len(self) - self.MAX_ROWS} more images")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        k = self.probabilities.shape[1]
+        head = "".join(f"<th>#{r}</th>" for r in range(1, k + 1))
+        rows = []
+        for i in range(min(len(self), self.MAX_ROWS)):
+            cells = "".join(
+                f"<td style='text-align:left'>{html.escape(n)}<br>"
+                f"<span style='display:inline-block;height:0.6em;width:{60 * p:.1f}px;"
+                f"background:{figures.OKABE_ITO[4]}'></span> {100 * p:.1f}%</td>"
+                for n, p in zip(self.names(i), self.probabilities[i], strict=True)
+            )
+            rows.append(f"<tr><th>image {i}</th>{cells}</tr>")
+        if len(self) > self.MAX_ROWS:
+            rows.append(f"<tr><td colspan='{k + 1}'>... {len(self) - self.MAX_ROWS} more images"
+                        "</td></tr>")  # fmt: skip
+        heading = html.escape(self._heading())
+        caption = f"<caption style='text-align:left'><b>{heading}</b></caption>"
+        return f"<table>{caption}<tr><th>image</th>{head}</tr>{''.join(rows)}</table>"
+
+    def plot(self, index: int = 0, ax=None, title: str | None = None):
+        """Bars of image index's top-k probabilities (%). Returns the Figure."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} images")
+        k = self.probabilities.shape[1]
+        ax, figure = figures.axes(ax, figsize=(5, 0.4 * k + 1.2))
+        ax.barh(self.names(index), 100 * self.probabilities[index], color=figures.OKABE_ITO[4])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("probability (%)")
+        ax.set_ylabel("class")
+        ax.set_title(title or f"top {k} of {len(self.classnames)} classes")
+        return figure
 
 
 def _fitted(classifier: ZeroShotClassifier) -> ZeroShotClassifier:
