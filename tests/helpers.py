@@ -1,10 +1,12 @@
 """What several test modules share: paths of the committed fixtures, measures, random weights."""
 
 import dataclasses
+import json
 from pathlib import Path
 from subprocess import CompletedProcess
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from clip.checkpoints import write_ckpt
 from clip.model import CLIPConfig, model_config
@@ -74,3 +76,16 @@ def run_isolated(code: str, *, memory_mib: int = 2048, timeout: float = 60) -> C
         timeout=timeout,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+def read_collection(out):
+    """All shards' image and text embeddings and metadata rows, in manifest order."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    images, texts, rows = [], [], []
+    for shard in manifest["shards"]:
+        n = shard["shard"]
+        images.append(np.load(out / "img_emb" / f"img_emb_{n:06d}.npy"))
+        if (out / "text_emb").exists():
+            texts.append(np.load(out / "text_emb" / f"text_emb_{n:06d}.npy"))
+        rows += pq.read_table(out / "metadata" / f"metadata_{n:06d}.parquet").to_pylist()
+    return np.concatenate(images), (np.concatenate(texts) if texts else None), rows

@@ -13,7 +13,9 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from weakref import WeakKeyDictionary
 
@@ -90,6 +92,24 @@ def _prepared(preprocess: Callable, item) -> np.ndarray:
         if isinstance(item, str | os.PathLike):
             raise ValueError(f"{item}: {err}") from err
         raise
+
+
+def prefetched(
+    function: Callable, items: Sequence, *, ahead: int, threads: int | None = None
+) -> Iterator:
+    """function(item) of each item in order, computed in a thread pool at most `ahead` items ahead.
+
+    Decoding and resizing run here while the caller's model encodes (Pillow and MindSpore release
+    the GIL); `ahead` bounds the memory held by results not yet taken.
+    """
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads, thread_name_prefix="prefetch") as pool:
+        pending, submitted = deque(), 0
+        for _ in range(len(items)):
+            while submitted < len(items) and len(pending) < max(ahead, 1):
+                pending.append(pool.submit(function, items[submitted]))
+                submitted += 1
+            yield pending.popleft().result()
 
 
 def _read_entry(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
@@ -178,9 +198,9 @@ def image_features(
 
     def compute() -> np.ndarray:
         def batches():
+            images = prefetched(lambda item: _prepared(preprocess, item), items, ahead=batch_size)
             for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                yield np.stack([_prepared(preprocess, item) for item in chunk])
+                yield np.stack([next(images) for _ in range(min(batch_size, len(items) - start))])
 
         return _batched(model.encode_image, batches(), len(items), "image", progress)
 

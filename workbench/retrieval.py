@@ -24,7 +24,13 @@ def search(queries, gallery, k: int = 5, exclude=None) -> tuple[np.ndarray, np.n
     scores = queries @ gallery.T
     if exclude is not None:
         scores[np.arange(len(queries)), np.asarray(exclude).reshape(-1)] = -np.inf
-    indices = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    if k < scores.shape[1]:  # the k best first (linear time), then only those sorted
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best.sort(axis=1)  # by gallery index, so the stable sort breaks ties by index
+        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+        indices = np.take_along_axis(best, order, axis=1)
+    else:
+        indices = np.argsort(-scores, axis=1, kind="stable")
     top = np.take_along_axis(scores, indices, axis=1)
     return (indices[0], top[0]) if single else (indices, top)
 

@@ -1,4 +1,4 @@
-"""ipywidgets front ends: PromptLab, SaliencyExplorer and EmbeddingExplorer.
+"""ipywidgets front ends: PromptLab, SaliencyExplorer, EmbeddingExplorer and SearchExplorer.
 
 Each keeps its state in plain attributes (`probs`, `heatmap`, `points`, `error`, ...), updates them
 in handlers fired by its widgets, and shows `.widget` when it is the last expression of a cell.
@@ -498,3 +498,44 @@ class EmbeddingExplorer(_Front):
         self.picture.value = _image_png(data.images[index])
         label, predicted = data.classes[self.labels[index]], data.classes[self.predictions[index]]
         self.info.value = f"point {index}: label <b>{label}</b>, zero-shot <b>{predicted}</b>"
+
+
+class SearchExplorer(_Front):
+    """A query box and k slider over a collection -> a grid of its nearest items' thumbnails and
+    scores, from Collection.search; a query naming an image file searches by that image."""
+
+    def __init__(self, collection, query: str = "", k: int = 8, max_k: int = 50):
+        from .collection import Collection
+
+        self.collection = (
+            collection if isinstance(collection, Collection) else Collection(collection)
+        )
+        self.results, self.error = None, None
+        self.box = widgets.Text(query, description="query", continuous_update=False,
+                                placeholder="a text, or the path of an image")  # fmt: skip
+        self.k = widgets.IntSlider(value=k, min=1, max=max(max_k, k), description="k")
+        self.summary = widgets.HTML()
+        self.grid = widgets.HTML()
+        self.message = widgets.HTML()
+        for control in (self.box, self.k):
+            control.observe(lambda _: self.update(), "value")
+        controls = widgets.HBox([self.box, self.k])
+        self.widget = widgets.VBox([controls, self.summary, self.message, self.grid])
+        self.update()
+
+    def update(self) -> None:
+        """Search for the current query and redraw the grid."""
+        query = self.box.value.strip()
+        if not query:
+            self.results, self.grid.value, self.summary.value = None, "", ""
+            self._ok()
+            return
+        try:
+            self.results = self.collection.search(query, k=self.k.value)
+        except (ValueError, OSError, RuntimeError) as error:  # RuntimeError: a text too long
+            self.results, self.grid.value = None, ""
+            self._fail(str(error))
+            return
+        self._ok()
+        self.summary.value = f"{len(self.results)} of {len(self.collection)} items for {query!r}"
+        self.grid.value = self.results._repr_html_()
