@@ -11,6 +11,7 @@ import pytest
 
 import clip
 from clip.checkpoints import read_state_dict
+from workbench import finetune
 from workbench.demo import cifar, shapes, train
 from workbench.demo.evaluate import evaluate
 
@@ -238,9 +239,9 @@ def test_tiny_training_learns_reproducibly_and_saves(tmp_path):
     fresh = train.CLIP(TINY)
     train.initialise(fresh, 1)
     batch = train.Batches(1, 16)()
-    before = float(train.contrastive_loss(fresh, *batch)[0].asnumpy())
+    before = float(finetune.contrastive_loss(fresh, *batch)[0].asnumpy())
     one_step = train.train(**dict(kwargs, steps=1))[0]  # one AdamW step on exactly this batch
-    after = float(train.contrastive_loss(one_step, *batch)[0].asnumpy())
+    after = float(finetune.contrastive_loss(one_step, *batch)[0].asnumpy())
     assert after < before - 0.05 and abs(before - losses[0]) < 1e-4
     assert 0 <= float(model.logit_scale.asnumpy()) <= np.log(100) + 1e-6
 
@@ -268,7 +269,7 @@ def test_initialise_sets_every_parameter_from_the_seed():
 
 
 def test_schedule_warms_up_then_decays():
-    rates = train.schedule(1e-3, 100, 10)
+    rates = finetune.schedule(1e-3, 100, 10)
     assert rates[9] == pytest.approx(1e-3) and rates[0] == pytest.approx(1e-4)
     assert all(a >= b for a, b in itertools.pairwise(rates[9:])) and rates[-1] < 1e-6
 
