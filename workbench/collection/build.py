@@ -549,23 +549,6 @@ def build(
             f"{engine!r}, so every rank would embed every shard; pass engine='msrun' "
             "(--engine msrun)"
         )
-    if engine == "msrun" and role is None:  # launch msrun on this machine, which runs us per rank
-        return engines.launch_msrun(
-            source,
-            out,
-            model=model,
-            workers=workers or 2,
-            shard_size=shard_size,
-            batch_size=batch_size,
-            threads=threads,
-            dtype=dtype,
-            kind=kind,
-            max_pixels=max_pixels,
-            device=device,
-            jit=jit,
-            overwrite=overwrite,
-            master_port=master_port,
-        )
     if role is not None and role[0] == "scheduler":  # msrun's scheduler process does no work
         return BuildSummary(str(out), 0, 0, 0, 0, 0)
     options, worker, plan = planned(
@@ -582,6 +565,18 @@ def build(
         shard_size=shard_size,
         overwrite=overwrite,
     )
+    if engine == "msrun" and role is None:  # launch msrun on this machine, which runs us per rank
+        return engines.launch_msrun(
+            source,
+            out,
+            options,
+            worker,
+            plan,
+            workers=workers or 2,
+            kind=kind,
+            master_port=master_port,
+            started=started,
+        )
     print_ = worker.fingerprint
     todo = [s for s, (a, b) in enumerate(plan.shards) if not shard_done(out, s, b - a, print_)]
     skipped = len(plan.shards) - len(todo)

@@ -28,7 +28,6 @@ from .build import (
     CollectionError,
     ShardWorker,
     WorkerOptions,
-    planned,
     shard_done,
     summarize,
 )
@@ -132,36 +131,16 @@ def msrun_executable() -> str:
 def launch_msrun(
     source,
     out: Path,
+    options: WorkerOptions,
+    worker: ShardWorker,
+    plan: Manifest,
     *,
-    model,
     workers: int,
-    shard_size: int | None,
-    batch_size: int,
-    threads: int | None,
-    dtype: str,
     kind: str | None,
-    max_pixels: int | None,
-    device: str | None,
-    jit: bool,
-    overwrite: bool,
     master_port: int,
+    started: float,
 ) -> BuildSummary:
-    """Plan the folder here, run `workers` msrun ranks on this machine, wait; the summary."""
-    started = time.perf_counter()
-    options, worker, plan = planned(
-        source,
-        out,
-        model,
-        dtype,
-        batch_size,
-        threads,
-        max_pixels,
-        device,
-        jit,
-        kind=kind,
-        shard_size=shard_size,
-        overwrite=overwrite,
-    )
+    """Run `workers` msrun ranks on this machine for the planned folder, wait; the summary."""
     print_ = worker.fingerprint
     rows = [b - a for a, b in plan.shards]
     before = {s for s, n in enumerate(rows) if shard_done(out, s, n, print_)}
@@ -179,20 +158,20 @@ def launch_msrun(
         "--shard-size",
         str(plan.shard_size),
         "--batch-size",
-        str(batch_size),
+        str(options.batch_size),
         "--dtype",
-        dtype,
+        options.dtype,
         "--no-progress",
     ]
     for flag, value in (
         ("--kind", kind),
-        ("--max-pixels", max_pixels),
-        ("--threads", threads),
-        ("--device", device),
+        ("--max-pixels", options.max_pixels),
+        ("--threads", options.threads),
+        ("--device", options.device),
     ):
         if value is not None:
             arguments += [flag, str(value)]
-    arguments += ["--jit"] if jit else []
+    arguments += ["--jit"] if options.jit else []
     logs = out / "logs" / "msrun"
     command = [
         msrun_executable(),
