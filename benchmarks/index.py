@@ -16,25 +16,12 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
-
-
-def cpu() -> str:
-    """The CPU model and its vector ISA flags, from lscpu."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    model = fields.get("Model name", "?").strip()
-    return (
-        f"{model}; ISA: {' '.join(f for f in ISA if f in flags)}; {fields['CPU(s)'].strip()} CPUs"
-    )
 
 
 def unit(x):
@@ -108,12 +95,13 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     import faiss
+    from host import describe
 
     from workbench.collection import Collection
     from workbench.collection import index as indexes
 
     faiss.omp_set_num_threads(args.threads)
-    print(f"CPU: {cpu()}; faiss {faiss.__version__}, {args.threads} threads")
+    print(f"{describe('faiss-cpu', 'numpy')}; faiss {args.threads} threads")
     print(f"{args.n:,} x {args.dim} float32 unit vectors, 1,000 held-out queries, k = 10\n")
     kinds = ["flat", *args.approximate.split(",")]
     rows = []

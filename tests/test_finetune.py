@@ -191,20 +191,30 @@ def test_evaluations_run_before_during_and_after(batches):
     assert fig.axes[0].get_title() and fig.axes[0].get_xlabel() and fig.axes[1].get_ylabel()
 
 
-def test_recall_at_k_matches_brute_force():
+def brute_force_recall(sims: np.ndarray, right: np.ndarray, n: int) -> float:
+    """Share of queries (rows) where fewer than n wrong items beat the best right one."""
+    best_right = np.where(right, sims, -np.inf).max(1, keepdims=True)
+    return float(np.mean((np.where(right, -np.inf, sims) > best_right).sum(1) < n))
+
+
+@pytest.mark.parametrize("repeated", [0, 5])
+def test_recall_at_k_matches_brute_force(repeated):
     model = tiny(3)
-    pairs = ft.shapes_pairs("test", 12, seed=4)
+    shapes = ft.shapes_pairs("test", 12, seed=4)
+    # repeated: the first pairs share one caption, which is then right for each of their images
+    captions = ["a photo of a shape."] * repeated + list(shapes.captions)[repeated:]
+    pairs = ft.Pairs(list(shapes.images), captions)
     recalls = ft.recall_at_k(model, PREPROCESS, pairs, k=(1, 3))
     image = model.encode_image(np.stack([PREPROCESS(x) for x in pairs.images])).asnumpy()
-    text = model.encode_text(clip.tokenize(list(pairs.captions))).asnumpy()
+    text = model.encode_text(clip.tokenize(captions)).asnumpy()
     sims = (image / np.linalg.norm(image, axis=1, keepdims=True)) @ (
         text / np.linalg.norm(text, axis=1, keepdims=True)
     ).T
-    ranks = (sims > np.diag(sims)[:, None]).sum(1)  # how many captions beat the image's own
-    assert recalls["image->text R@1"] == pytest.approx(np.mean(ranks < 1))
-    assert recalls["image->text R@3"] == pytest.approx(np.mean(ranks < 3))
-    ranks = (sims.T > np.diag(sims)[:, None]).sum(1)
-    assert recalls["text->image R@3"] == pytest.approx(np.mean(ranks < 3))
+    right = np.array([[a == b for b in captions] for a in captions])
+    assert right.sum() == 12 + repeated * (repeated - 1)
+    assert recalls["image->text R@1"] == pytest.approx(brute_force_recall(sims, right, 1))
+    assert recalls["image->text R@3"] == pytest.approx(brute_force_recall(sims, right, 3))
+    assert recalls["text->image R@3"] == pytest.approx(brute_force_recall(sims.T, right, 3))
 
 
 def test_wise_ft_interpolates_weights():
