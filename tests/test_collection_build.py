@@ -278,3 +278,13 @@ def test_command_line_build_and_info(folder, tmp_path, capsys):
     assert main(["search", str(out), "a photo of a red circle", "-k", "3"]) == 0
     found = capsys.readouterr().out.splitlines()
     assert found[0].startswith("3 results for") and len(found) == 4
+    assert main(["index", str(out), "--kind", "hnsw", "--no-progress"]) == 0
+    built = capsys.readouterr().out
+    report = json.loads((out / "index" / "report.json").read_text())
+    assert report["kind"] == "hnsw" and report["ntotal"] == 90
+    assert built.startswith("index IDMap2,HNSW32,Flat: 90 vectors from 2 shards")
+    assert f"recall@10 {report['recall_at_10']:.3f} at efSearch {report['value']}" in built
+    assert main(["index", str(out), "--update", "--no-progress"]) == 0
+    assert "90 vectors from 2 shards" in capsys.readouterr().out
+    assert main(["index", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")

@@ -2,6 +2,7 @@
 
 python -m workbench.collection build SOURCE --out DIR [--model M] [--engine local|ray|msrun] ...
 python -m workbench.collection info DIR
+python -m workbench.collection index DIR [--kind flat|ivf|hnsw] [--update]
 python -m workbench.collection search DIR "a red circle" [-k 10]
 """
 
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="model, items, shards done, bad items")
     info.add_argument("dir")
     info.add_argument("--json", action="store_true")
+    index = commands.add_parser("index", help="build DIR/index/, or add new shards to it")
+    index.add_argument("dir")
+    index.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
+                       help="flat: exact; ivf, hnsw: approximate, recall@10 measured")  # fmt: skip
+    index.add_argument("--nlist", type=int, help="IVF lists (default about 4 sqrt(N))")
+    index.add_argument("--m", type=int, help="HNSW links per node (default 32)")
+    index.add_argument("--target-recall", type=float, default=0.95)
+    index.add_argument("--update", action="store_true", help="add shards done since the build")
+    index.add_argument("--no-progress", action="store_true")
     search = commands.add_parser("search", help="the nearest items to a text")
     search.add_argument("dir")
     search.add_argument("text")
@@ -90,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"bad items: {sum(described['errors'].values())} ({errors})\n"
                     f"on disk: {described['bytes'] / 2**20:.1f} MiB"
                 )
+        elif args.command == "index":
+            from workbench.collection.search import Collection
+
+            collection = Collection.open(args.dir)
+            progress = not args.no_progress
+            if args.update:
+                report = collection.update_index(progress=progress)
+            else:
+                report = collection.build_index(args.kind, nlist=args.nlist, m=args.m,
+                                                target_recall=args.target_recall,
+                                                progress=progress)  # fmt: skip
+            print(describe_index(report))
         else:
             from workbench.collection.search import Collection
 
@@ -99,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_index(report: dict) -> str:
+    """One paragraph on an index report: what it is, its size, its measured recall."""
+    seconds = report.get("update_seconds", report.get("build_seconds"))
+    text = (f"index {report['factory']}: {report['ntotal']} vectors from "
+            f"{len(report['shards'])} shards, {seconds:.1f} s")  # fmt: skip
+    if "recall_at_10" in report:
+        reached = "reached" if report["target_reached"] else "NOT reached"
+        text += (f"\nrecall@10 {report['recall_at_10']:.3f} at {report['parameter']} "
+                 f"{report['value']} (target {report['target_recall']} {reached})")  # fmt: skip
+    return text
 
 
 if __name__ == "__main__":
