@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=10, help="single queries timed (median)")
     parser.add_argument("--sets", default="clustered,isotropic")
     parser.add_argument("--nlist", type=int, default=1024, help="IVF lists (sqrt(n) for 1M)")
+    parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort")
     parser.add_argument("--approximate", default="hnsw,ivf", help="approximate kinds to compare")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -116,6 +117,8 @@ def main() -> int:
             exact = None
             for name in kinds:
                 options = {"nlist": args.nlist} if name == "ivf" else {}
+                if name == "hnsw" and args.ef_construction:
+                    options["ef_construction"] = args.ef_construction
                 report = collection.build_index(name, recall_queries=1000, progress=False,
                                                 **options)  # fmt: skip
                 index = indexes.read(root / "index", report)

@@ -11,6 +11,7 @@ import json
 import sys
 
 from workbench.collection import CollectionError, build, status  # absolute: msrun runs this file
+from workbench.collection.index import EF_CONSTRUCTION
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="flat: exact; ivf, hnsw: approximate, recall@10 measured")  # fmt: skip
     index.add_argument("--nlist", type=int, help="IVF lists (default about 4 sqrt(N))")
     index.add_argument("--m", type=int, help="HNSW links per node (default 32)")
+    index.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION,
+                       help="HNSW build effort")  # fmt: skip
     index.add_argument("--target-recall", type=float, default=0.95)
     index.add_argument("--update", action="store_true", help="add shards done since the build")
     index.add_argument("--no-progress", action="store_true")
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = collection.update_index(progress=progress)
             else:
                 report = collection.build_index(args.kind, nlist=args.nlist, m=args.m,
+                                                ef_construction=args.ef_construction,
                                                 target_recall=args.target_recall,
                                                 progress=progress)  # fmt: skip
             print(describe_index(report))

@@ -21,6 +21,8 @@ from ..retrieval import search as exact_search
 
 KINDS = ("flat", "ivf", "hnsw")
 APPROXIMATE = ("ivf", "hnsw")
+# faiss's default of 40 leaves HNSW32 short of recall@10 0.95 on a million clustered vectors
+EF_CONSTRUCTION = 128
 SHARD_BITS = 32
 REPORT = "report.json"
 
@@ -190,6 +192,7 @@ def build(
     kind: str = "flat",
     nlist: int | None = None,
     m: int | None = None,
+    ef_construction: int = EF_CONSTRUCTION,
     train_size: int | None = None,
     recall_queries: int = 1000,
     target_recall: float = 0.95,
@@ -199,7 +202,8 @@ def build(
     """Build the collection's index of kind (flat: exact; ivf, hnsw: approximate, recall measured
     and nprobe or efSearch tuned to target_recall), write it, return its report.
 
-    nlist: IVF lists (default about 4 sqrt(N)); m: HNSW links per node (32); train_size: IVF
+    nlist: IVF lists (default about 4 sqrt(N)); m: HNSW links per node (32); ef_construction:
+    HNSW candidates kept while linking (more: a better graph, a slower build); train_size: IVF
     training sample (40 per list); recall_queries: leave-one-out queries for recall@10.
     """
     started = time.perf_counter()
@@ -208,13 +212,16 @@ def build(
         raise ValueError(f"{collection.path} has no good items to index")
     factory = _factory(kind, count, nlist, m)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if kind == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efConstruction = ef_construction
     if not index.is_trained:  # IVF: by default 40 points per list, just above faiss's minimum
         size = train_size or 40 * faiss.extract_index_ivf(index).nlist
         _, sample = _sample(collection, size, np.random.default_rng(seed))
         index.train(sample)
     _add(index, collection, collection.shards, progress)
     report = {"kind": kind, "factory": factory, "embed_dim": dim, "shards": collection.shards,
-              "ntotal": int(index.ntotal), "faiss": faiss.__version__}  # fmt: skip
+              "ntotal": int(index.ntotal), "faiss": faiss.__version__,
+              **({"ef_construction": ef_construction} if kind == "hnsw" else {})}  # fmt: skip
     report = _measure(index, report, collection, queries=recall_queries, target=target_recall,
                       seed=seed)  # fmt: skip
     report["build_seconds"] = round(time.perf_counter() - started, 3)
