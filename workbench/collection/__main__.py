@@ -11,7 +11,7 @@ import json
 import sys
 
 from workbench.collection import CollectionError, build, status  # absolute: msrun runs this file
-from workbench.collection.index import EF_CONSTRUCTION
+from workbench.collection.index import EF_CONSTRUCTION, KINDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true")
     index = commands.add_parser("index", help="build DIR/index/, or add new shards to it")
     index.add_argument("dir")
-    index.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
+    index.add_argument("--kind", choices=KINDS, default="flat",
                        help="flat: exact; ivf, hnsw: approximate, recall@10 measured")  # fmt: skip
     index.add_argument("--nlist", type=int, help="IVF lists (default about 4 sqrt(N))")
     index.add_argument("--m", type=int, help="HNSW links per node (default 32)")
-    index.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION,
-                       help="HNSW build effort")  # fmt: skip
-    index.add_argument("--target-recall", type=float, default=0.95)
+    index.add_argument("--ef-construction", type=int,
+                       help=f"HNSW build effort (default {EF_CONSTRUCTION})")  # fmt: skip
+    index.add_argument("--target-recall", type=float, help="for ivf, hnsw (default: build_index's)")
     index.add_argument("--update", action="store_true", help="add shards done since the build")
     index.add_argument("--no-progress", action="store_true")
     search = commands.add_parser("search", help="the nearest items to a text")
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.update:
                 report = collection.update_index(progress=progress)
             else:
-                report = collection.build_index(args.kind, nlist=args.nlist, m=args.m,
-                                                ef_construction=args.ef_construction,
-                                                target_recall=args.target_recall,
-                                                progress=progress)  # fmt: skip
+                given = {"nlist": args.nlist, "m": args.m, "ef_construction": args.ef_construction,
+                         "target_recall": args.target_recall}  # fmt: skip
+                options = {name: value for name, value in given.items() if value is not None}
+                report = collection.build_index(args.kind, progress=progress, **options)
             print(describe_index(report))
         else:
             from workbench.collection.search import Collection
