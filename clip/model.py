@@ -509,7 +509,7 @@ class CLIP(nn.Cell):
         return self.summary()._repr_html_()
 
     def compile_encoders(self) -> None:
-        """Run both encoders as compiled MindSpore graphs (jit) from now on, images at most
+        """Run both encoders as compiled MindSpore graphs (jit) from now on, images
         visual.graph_batch at a time. The graphs see every later change of the weights."""
         if self._graph_weights is None:  # once: graphs outlive a new jit of the same method
             self._graph_weights = _GraphWeights(self)
@@ -537,8 +537,13 @@ class CLIP(nn.Cell):
         if self._image_graph is None:
             features = self.visual(image)
         else:
-            parts = [self._image_graph(part) for part in ops.split(image, self.visual.graph_batch)]
-            features = parts[0] if len(parts) == 1 else ops.cat(parts)
+            # a batch's last chunk is padded to a full one: one graph serves every batch size
+            count, chunk = image.shape[0], self.visual.graph_batch
+            short = -count % chunk if count > chunk else 0
+            if short:
+                image = ops.cat((image, ops.tile(image[-1:], (short, 1, 1, 1))))
+            parts = [self._image_graph(part) for part in ops.split(image, chunk)]
+            features = (parts[0] if len(parts) == 1 else ops.cat(parts))[:count]
         return l2_normalize(features) if normalize else features
 
     def encode_text(self, text, normalize: bool = False) -> Tensor:
