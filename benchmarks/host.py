@@ -10,8 +10,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
 
 
 def cpu() -> dict:
-    """CPU model, the ISA flags of ISA_FLAGS it has, and the cores this process may use."""
-    model, flags = platform.processor() or "unknown", set()
+    """CPU model (with its family and model numbers, which tell one generation from another
+    when a virtual machine names only "AMD EPYC"), ISA_FLAGS it has, and the cores it may use."""
+    model, flags, numbers = platform.processor() or "unknown", set(), {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
@@ -20,6 +21,10 @@ def cpu() -> dict:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
+            elif key.strip() in ("cpu family", "model"):
+                numbers.setdefault(key.strip(), value.strip())
+    if numbers:
+        model += f" (family {numbers.get('cpu family', '?')} model {numbers.get('model', '?')})"
     return {
         "cpu": model,
         "isa": [flag for flag in ISA_FLAGS if flag in flags],
@@ -45,7 +50,7 @@ def describe(*packages: str) -> str:
     host = cpu()
     listed = ", ".join(f"{k} {v}" for k, v in versions(*packages).items() if v)
     isa = " ".join(host["isa"]) or "no AVX2"
-    return f"host: {host['cpu']} ({isa}), {host['cores']} cores; {listed}"
+    return f"host: {host['cpu']}, {isa}, {host['cores']} cores; {listed}"
 
 
 if __name__ == "__main__":

