@@ -1,5 +1,6 @@
 """CLIP's image and text encoders in MindSpore, with OpenAI's parameter names."""
 
+import time
 import warnings
 from collections import OrderedDict
 
@@ -85,23 +86,34 @@ ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": GELU}
 class Conv2d(nn.Cell):
     """Bias-free convolution with torch's weight layout and padding.
 
-    MindSpore's CPU convolution kernel is much slower than a matmul for k > 1 (README), so non-1x1
-    kernels run as a matmul on unfolded columns, one image at a time: a batch's columns are k*k
-    times its size, and a batched matmul would copy the weight for every image.
+    For k > 1, which of MindSpore's CPU convolution and a matmul on unfolded columns (one image
+    at a time: a batch's columns are k*k times its size, and a batched matmul would copy the
+    weight for every image) is faster depends on the CPU and the shape: choose_kernels times both
+    once per layer and sets `native`. Until then the unfolded matmul runs.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
         super().__init__()
         self.weight = _param(c_out, c_in, kernel, kernel)
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.native = None
 
     def construct(self, x):
-        n, _, h, w = x.shape
         k, s, p = self.kernel, self.stride, self.padding
         if k == 1 and s == 1 and p == 0:
             return ops.conv2d(x, self.weight)
-        if EXPORT:  # Im2Col (unfold) has no ONNX export, the loop would fix the batch size
-            return ops.conv2d(x, self.weight, stride=s, pad_mode="pad", padding=p)
+        if EXPORT or self.native:  # ONNX export has no Im2Col, and the loop fixes the batch size
+            return self.convolved(x)
+        return self.unfolded(x)
+
+    def convolved(self, x):
+        """MindSpore's own convolution kernel."""
+        return ops.conv2d(x, self.weight, stride=self.stride, pad_mode="pad", padding=self.padding)
+
+    def unfolded(self, x):
+        """A matmul of the flattened weight on each image's unfolded columns."""
+        n, _, h, w = x.shape
+        k, s, p = self.kernel, self.stride, self.padding
         weight = self.weight.reshape(self.weight.shape[0], -1)
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         images = []
@@ -109,6 +121,23 @@ class Conv2d(nn.Cell):
             columns = ops.unfold(image, kernel_size=k, padding=p, stride=s)
             images.append(ops.matmul(weight, columns.reshape(columns.shape[1:])))
         return ops.stack(images).reshape(n, -1, h_out, w_out)
+
+
+def _faster(first, second, x: Tensor, repeats: int = 3) -> bool:
+    """Whether first(x) runs faster than second(x): best of `repeats` calls after a warm-up each;
+    a first whose warm-up takes over 3 times second's best is not timed further (on some CPUs
+    MindSpore's convolution is 30 times slower, and its calls would cost seconds)."""
+
+    def seconds(function) -> float:
+        started = time.perf_counter()
+        function(x).asnumpy()
+        return time.perf_counter() - started
+
+    seconds(second)
+    best_second = min(seconds(second) for _ in range(repeats))
+    if seconds(first) > 3 * best_second:
+        return False
+    return min(seconds(first) for _ in range(repeats)) < best_second
 
 
 class PatchEmbedding(nn.Cell):
@@ -347,6 +376,27 @@ class ModifiedResNet(nn.Cell):
         self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
         self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+        self._kernels_chosen = False
+
+    def choose_kernels(self) -> None:
+        """Time each k > 1 convolution both ways (Conv2d) on its own input shape, once per model,
+        and keep the faster; the numbers agree to float rounding."""
+        if self._kernels_chosen:
+            return
+
+        def choose(conv: Conv2d, inputs: tuple) -> None:
+            if conv.kernel > 1 and conv.native is None:
+                conv.native = _faster(conv.convolved, conv.unfolded, inputs[0][:1])
+
+        # a PyNative pass with hooks, so that no graph ever sees the timing code
+        layers = [c for _, c in self.cells_and_names() if isinstance(c, Conv2d)]
+        hooks = [conv.register_forward_pre_hook(choose) for conv in layers]
+        try:
+            self(ops.zeros((1, 3, self.input_resolution, self.input_resolution), ms.float32))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self._kernels_chosen = True
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.SequentialCell:
         layers = [Bottleneck(self._inplanes, planes, stride)]
@@ -511,6 +561,8 @@ class CLIP(nn.Cell):
     def compile_encoders(self) -> None:
         """Run both encoders as compiled MindSpore graphs (jit) from now on, images
         visual.graph_batch at a time. The graphs see every later change of the weights."""
+        if isinstance(self.visual, ModifiedResNet):  # a graph keeps the kernels it was given
+            self.visual.choose_kernels()
         if self._graph_weights is None:  # once: graphs outlive a new jit of the same method
             self._graph_weights = _GraphWeights(self)
         self._image_graph = self._graph_weights.run(ms.jit(self.visual.construct))
@@ -535,6 +587,8 @@ class CLIP(nn.Cell):
         L2-normalised with normalize=True."""
         image = self._check_image(image)
         if self._image_graph is None:
+            if isinstance(self.visual, ModifiedResNet):
+                self.visual.choose_kernels()
             features = self.visual(image)
         else:
             # a batch's last chunk is padded to a full one: one graph serves every batch size
@@ -542,7 +596,10 @@ class CLIP(nn.Cell):
             short = -count % chunk if count > chunk else 0
             if short:
                 image = ops.cat((image, ops.tile(image[-1:], (short, 1, 1, 1))))
-            parts = [self._image_graph(part) for part in ops.split(image, chunk)]
+            parts = ops.split(image, chunk)
+            # a graph given a slice of a larger tensor can read from the tensor's start (seen
+            # with MindSpore 2.10's CPU convolution as a graph's first op): give it its own copy
+            parts = [self._image_graph(p.copy() if len(parts) > 1 else p) for p in parts]
             features = (parts[0] if len(parts) == 1 else ops.cat(parts))[:count]
         return l2_normalize(features) if normalize else features
 

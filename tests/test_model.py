@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import mindspore as ms
 import numpy as np
@@ -10,6 +11,7 @@ from helpers import FIXTURES, openai_arguments, random_state_dict, relative_erro
 from mindspore import Tensor
 
 import clip
+import clip.model as clip_model
 from clip.model import CLIP, ModifiedResNet, VisionTransformer, build_model, model_config
 
 with open(FIXTURES / "published_shapes.json") as f:
@@ -245,3 +247,54 @@ def test_bad_tokens_get_clear_errors(tiny, tokens, problem):
     model = build_model(tiny[0])
     with pytest.raises(ValueError, match=problem):
         model.encode_text(Tensor(tokens))
+
+
+def test_faster_picks_the_quicker_function_and_stops_timing_a_much_slower_one():
+    calls = []
+
+    def slow(x):
+        calls.append("slow")
+        time.sleep(0.01)
+        return x
+
+    def fast(x):
+        return x
+
+    x = Tensor(np.zeros(1, np.float32))
+    assert clip_model._faster(fast, slow, x)
+    assert not clip_model._faster(slow, fast, x) and calls.count("slow") == 5  # 4 + 1 warm-up
+
+
+def convolutions(model) -> list:
+    return [c for _, c in model.visual.cells_and_names() if isinstance(c, clip_model.Conv2d)]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_both_convolution_kernels_give_openais_numbers(native):
+    weights, io = (dict(np.load(FIXTURES / f"tiny_resnet_{k}.npz")) for k in ("weights", "io"))
+    model = build_model(weights)
+    for conv in convolutions(model):
+        conv.native = native
+    model.visual._kernels_chosen = True
+    eager = model.encode_image(Tensor(io["images"])).asnumpy()
+    model.compile_encoders()
+    compiled = model.encode_image(Tensor(io["images"])).asnumpy()
+    assert relative_error(eager, io["image_features"]) <= 1e-4
+    assert relative_error(compiled, io["image_features"]) <= 1e-4
+
+
+def test_kernels_are_chosen_once_by_timing_for_each_larger_convolution(monkeypatch):
+    weights = dict(np.load(FIXTURES / "tiny_resnet_weights.npz"))
+    model, timed = build_model(weights), []
+
+    def faster(first, second, x):
+        timed.append(tuple(x.shape))
+        return len(timed) % 2 == 1  # alternate, to see each layer keep its own answer
+
+    monkeypatch.setattr(clip_model, "_faster", faster)
+    larger = [c for c in convolutions(model) if c.kernel > 1]
+    model.encode_image(np.zeros((2, 3, 64, 64), np.float32))
+    model.encode_image(np.zeros((1, 3, 64, 64), np.float32))
+    assert len(timed) == len(larger) and all(shape[0] == 1 for shape in timed)
+    assert [c.native for c in larger] == [i % 2 == 0 for i in range(len(larger))]
+    assert all(c.native is None for c in convolutions(model) if c.kernel == 1)
