@@ -392,7 +392,8 @@ class ModifiedResNet(nn.Cell):
         layers = [c for _, c in self.cells_and_names() if isinstance(c, Conv2d)]
         hooks = [conv.register_forward_pre_hook(choose) for conv in layers]
         try:
-            self(ops.zeros((1, 3, self.input_resolution, self.input_resolution), ms.float32))
+            n_px, dtype = self.input_resolution, self.conv1.weight.dtype
+            self(ops.zeros((1, 3, n_px, n_px), dtype))
         finally:
             for hook in hooks:
                 hook.remove()
