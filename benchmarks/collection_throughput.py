@@ -60,14 +60,13 @@ def engine(folder: Path, out: Path, model: str, jit: bool, **options) -> tuple:
     by_worker: dict = {}
     for record in sorted(records, key=lambda r: r["finished"]):
         by_worker.setdefault(record["pid"], []).append(record)
-    later = [r for done in by_worker.values() for r in done[1:]]
     # workers run concurrently: the steady rate is their rates added up
-    steady = sum(
+    rates = [
         sum(r["rows"] for r in done[1:]) / sum(r["seconds"] for r in done[1:])
         for done in by_worker.values()
         if len(done) > 1
-    )
-    return summary.items / wall, steady if later else None
+    ]
+    return summary.items / wall, sum(rates) if rates else None
 
 
 def main() -> None:
