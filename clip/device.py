@@ -1,6 +1,9 @@
 """Choosing the MindSpore device a model runs on."""
 
+import os
+import platform
 import warnings
+from pathlib import Path
 
 import mindspore as ms
 
@@ -34,3 +37,26 @@ def select_device(device: str | None = None) -> str:
         # Without it MindSpore's launch threads spin on a core the kernels need.
         ms.runtime.launch_blocking()
     return target
+
+
+def prefer_avx2_convolutions() -> bool:
+    """Cap oneDNN at AVX2 for this process on an AVX-512 x86 CPU, unless an ISA was chosen
+    (ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA); whether the cap is now asked for."""
+    # MindSpore 2.10's oneDNN runs NCHW 3x3 convolutions with its reference kernel where it may
+    # use AVX-512, and with a JIT kernel under the AVX2 cap (README, "Memory and kernels"). The
+    # cap costs large matmuls some speed, so only ResNets ask for it, and it only takes effect
+    # before the process's first oneDNN kernel: Conv2d's kernel choice times what it gets.
+    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
+        chosen = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA"))
+        return chosen.upper() == "AVX2"
+    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx512():
+        return False
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    return True
+
+
+def _has_avx512() -> bool:
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False

@@ -12,6 +12,7 @@ from mindspore.nn.utils import no_init_parameters
 
 from .checkpoints.names import canonical
 from .config import CLIPConfig, model_config
+from .device import prefer_avx2_convolutions
 from .summary import ModelSummary, summary
 
 EXPORT = False  # set by clip.export: graphs with no Python loop over the batch, in ops ONNX exports
@@ -351,15 +352,19 @@ class AttentionPool2d(nn.Cell):
         return self.c_proj(out[:, 0]), probs
 
 
+UNROLLED_CONVOLUTIONS = 32  # at most this many per-image convolutions in one compiled graph
+
+
 class ModifiedResNet(nn.Cell):
     """OpenAI's ResNet: a 3-conv stem, anti-aliased strided blocks, attention pooling."""
 
-    graph_batch = 1  # images per compiled graph: Conv2d runs image by image anyway (README)
+    graph_batch = 1  # images per compiled graph while a Conv2d runs image by image (README)
 
     def __init__(
         self, layers: tuple, output_dim: int, heads: int, input_resolution: int, width: int
     ):
         super().__init__()
+        prefer_avx2_convolutions()
         self.output_dim = output_dim
         self.input_resolution = input_resolution
         self.conv1 = Conv2d(3, width // 2, 3, stride=2, padding=1)
@@ -380,7 +385,9 @@ class ModifiedResNet(nn.Cell):
 
     def choose_kernels(self) -> None:
         """Time each k > 1 convolution both ways (Conv2d) on its own input shape, once per model,
-        and keep the faster; the numbers agree to float rounding."""
+        and keep the faster; the numbers agree to float rounding. Where few run unfolded (a loop
+        over images that a graph unrolls), compiled graphs take VisionTransformer.graph_batch
+        images at a time."""
         if self._kernels_chosen:
             return
 
@@ -397,6 +404,9 @@ class ModifiedResNet(nn.Cell):
         finally:
             for hook in hooks:
                 hook.remove()
+        unfolded = sum(not conv.native for conv in layers if conv.kernel > 1)
+        if unfolded * VisionTransformer.graph_batch <= UNROLLED_CONVOLUTIONS:
+            self.graph_batch = VisionTransformer.graph_batch
         self._kernels_chosen = True
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.SequentialCell:

@@ -298,3 +298,44 @@ def test_kernels_are_chosen_once_by_timing_for_each_larger_convolution(monkeypat
     assert len(timed) == len(larger) and all(shape[0] == 1 for shape in timed)
     assert [c.native for c in larger] == [i % 2 == 0 for i in range(len(larger))]
     assert all(c.native is None for c in convolutions(model) if c.kernel == 1)
+
+
+@pytest.mark.parametrize("unfolded, graph_batch", [(0, 8), (4, 8), (5, 1)])
+def test_resnet_graphs_take_a_chunk_of_images_where_few_convolutions_unfold(
+    monkeypatch, unfolded, graph_batch
+):
+    weights = dict(np.load(FIXTURES / "tiny_resnet_weights.npz"))
+    io = dict(np.load(FIXTURES / "tiny_resnet_io.npz"))
+    model, timed = build_model(weights), []
+
+    def faster(first, second, x):
+        timed.append(1)
+        return len(timed) > unfolded
+
+    monkeypatch.setattr(clip_model, "_faster", faster)
+    model.compile_encoders()
+    assert model.visual.graph_batch == graph_batch
+    features = model.encode_image(Tensor(io["images"])).asnumpy()
+    assert relative_error(features, io["image_features"]) <= 1e-4
+
+
+def test_resnets_cap_onednn_at_avx2_only_on_avx512_cpus_where_no_isa_was_chosen(monkeypatch):
+    from clip import device
+
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # restored after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(device, "_has_avx512", lambda: False)
+    assert not device.prefer_avx2_convolutions()
+    assert "ONEDNN_MAX_CPU_ISA" not in device.os.environ
+    monkeypatch.setattr(device, "_has_avx512", lambda: True)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")  # the user's choice stands
+    assert not device.prefer_avx2_convolutions()
+    assert "ONEDNN_MAX_CPU_ISA" not in device.os.environ
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA")
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    assert not device.prefer_avx2_convolutions()
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    build_model(dict(np.load(FIXTURES / "tiny_resnet_weights.npz")))
+    assert device.os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
