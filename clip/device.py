@@ -46,8 +46,8 @@ def prefer_avx2_convolutions() -> bool:
     # use AVX-512, and with a JIT kernel under the AVX2 cap (README, "Memory and kernels"). The
     # cap costs large matmuls some speed, so only ResNets ask for it, and it only takes effect
     # before the process's first oneDNN kernel: Conv2d's kernel choice times what it gets.
-    if "ONEDNN_MAX_CPU_ISA" in os.environ or "DNNL_MAX_CPU_ISA" in os.environ:
-        chosen = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA"))
+    chosen = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA"))
+    if chosen is not None:
         return chosen.upper() == "AVX2"
     if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx512():
         return False
