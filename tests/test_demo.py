@@ -159,6 +159,36 @@ def _indexed_images(n: int) -> np.ndarray:
     return images
 
 
+def test_cifar_without_a_train_split_writes_the_same_test_files_alone(tmp_path):
+    from workbench import data
+
+    test = _indexed_images(cifar.TEST)
+    labels = (np.arange(cifar.TEST) * 7) % 25
+    whole, alone = tmp_path / "whole", tmp_path / "alone"
+    train = (_indexed_images(cifar.TRAIN), np.zeros(cifar.TRAIN, int))
+    names = list(shapes.SHAPES)
+    cifar.write_cifar10(whole / "10", train, (test, labels % 5), names)
+    cifar.write_cifar10(alone / "10", None, (test, labels % 5), names)
+    fine = [c.replace(" ", "_") for c in shapes.COMBOS]
+    cifar.write_cifar100(whole / "100", (*train, train[1]), (test, labels % 5, labels), names, fine)
+    cifar.write_cifar100(alone / "100", None, (test, labels % 5, labels), names, fine)
+    assert sorted(p.name for p in (alone / "10").iterdir()) == [
+        "batches.meta.txt",
+        "test_batch.bin",
+    ]
+    assert sorted(p.name for p in (alone / "100").iterdir()) == [
+        "coarse_label_names.txt",
+        "fine_label_names.txt",
+        "test.bin",
+    ]
+    for name in ("10/test_batch.bin", "100/test.bin", "100/fine_label_names.txt"):
+        assert (alone / name).read_bytes() == (whole / name).read_bytes()
+    read = data.cifar100(alone / "100", split="test")
+    assert np.array_equal(read.labels, labels)
+    with pytest.raises(FileNotFoundError, match="train.bin"):
+        data.cifar100(alone / "100", split="train")
+
+
 def test_cifar_round_trip_through_mindspore_dataset(tmp_path):
     images = {"train": _indexed_images(cifar.TRAIN), "test": _indexed_images(cifar.TEST)[::-1]}
     fine = {k: (np.arange(len(v)) * 7) % 30 for k, v in images.items()}

@@ -62,15 +62,18 @@ def _records(split: Split, names: list[list[str]], what: str, count: int) -> byt
     return np.concatenate(columns, axis=1).tobytes()
 
 
-def write_cifar10(root: str | os.PathLike, train: Split, test: Split, names: list[str]) -> Path:
-    """Write (images, labels) train and test splits as a CIFAR-10 binary directory at root."""
+def write_cifar10(
+    root: str | os.PathLike, train: Split | None, test: Split, names: list[str]
+) -> Path:
+    """Write (images, labels) train and test splits as a CIFAR-10 binary directory at root; with
+    train None, the test split alone."""
     names = _check_names(names, "names")
-    train = _records(train, [names], "train", TRAIN)
+    train = None if train is None else _records(train, [names], "train", TRAIN)
     test = _records(test, [names], "test", TEST)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    size = len(train) // 5
-    for i in range(5):
+    size = 0 if train is None else len(train) // 5
+    for i in range(5 if size else 0):
         (root / f"data_batch_{i + 1}.bin").write_bytes(train[i * size : (i + 1) * size])
     (root / "test_batch.bin").write_bytes(test)
     (root / "batches.meta.txt").write_text("\n".join(names) + "\n")
@@ -79,17 +82,19 @@ def write_cifar10(root: str | os.PathLike, train: Split, test: Split, names: lis
 
 def write_cifar100(
     root: str | os.PathLike,
-    train: Split,
+    train: Split | None,
     test: Split,
     coarse_names: list[str],
     fine_names: list[str],
 ) -> Path:
-    """Write (images, coarse labels, fine labels) splits as a CIFAR-100 binary directory at root."""
+    """Write (images, coarse labels, fine labels) splits as a CIFAR-100 binary directory at root;
+    with train None, the test split alone."""
     names = [_check_names(coarse_names, "coarse_names"), _check_names(fine_names, "fine_names")]
-    train, test = _records(train, names, "train", TRAIN), _records(test, names, "test", TEST)
+    test = _records(test, names, "test", TEST)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "train.bin").write_bytes(train)
+    if train is not None:
+        (root / "train.bin").write_bytes(_records(train, names, "train", TRAIN))
     (root / "test.bin").write_bytes(test)
     (root / "coarse_label_names.txt").write_text("\n".join(names[0]) + "\n")
     (root / "fine_label_names.txt").write_text("\n".join(names[1]) + "\n")
@@ -106,16 +111,20 @@ def as_cifar(samples: list[shapes.Sample]) -> Split:
     return np.stack([np.asarray(i) for i in images]), np.array(shape), np.array(combo)
 
 
-def write_shapes(root: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+def write_shapes(
+    root: str | os.PathLike, seed: int = 0, *, train: bool = True
+) -> tuple[Path, Path]:
     """Single-object shapes as CIFAR-10 (label: shape) and CIFAR-100 (coarse: shape, fine:
-    colour_shape) directories under root; test is half test split, half heldout. Takes ~20 s."""
+    colour_shape) directories under root; test is half test split, half heldout. train=False
+    writes the test splits alone, in a sixth of the time."""
     # train: seen combinations in colour, drawn from the test split with another seed (the train
     # split's black-and-white photos would carry colour labels that cannot be seen)
-    train = as_cifar(shapes.generate("test", TRAIN, seed + 1, objects=1))
+    train = as_cifar(shapes.generate("test", TRAIN, seed + 1, objects=1)) if train else None
     test = shapes.generate("test", TEST // 2, seed, objects=1)
     test = as_cifar(test + shapes.generate("heldout", TEST // 2, seed, objects=1))
     root = Path(root)
-    cifar10 = write_cifar10(root / "cifar-10-batches-bin", train[:2], test[:2], shapes.SHAPES)
+    shape_labels = None if train is None else train[:2]
+    cifar10 = write_cifar10(root / "cifar-10-batches-bin", shape_labels, test[:2], shapes.SHAPES)
     fine = [c.replace(" ", "_") for c in shapes.COMBOS]
     cifar100 = write_cifar100(root / "cifar-100-binary", train, test, shapes.SHAPES, fine)
     return cifar10, cifar100
