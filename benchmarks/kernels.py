@@ -1,5 +1,6 @@
-"""Per-op speeds on this CPU: the matmul forms a ViT's linear layers could use, and the two
-kernels of ResNet 3x3 convolutions (clip.model.Conv2d), on the shapes ViT-B/32 and RN50 run.
+"""Per-op speeds on this CPU: the matmul forms a ViT's linear layers could use, its MLP
+activations, and the two kernels of ResNet 3x3 convolutions (clip.model.Conv2d), on the shapes
+ViT-B/32 and RN50 run.
 
 The fastest op differs between CPUs (see the README's tables): this prints the figures that
 decide it on the host it runs on. fp32, 2 threads, MindSpore with launch_blocking, best of 7.
@@ -86,6 +87,31 @@ def pointwise(batch: int, c_in: int, c_out: int, size: int) -> dict[str, float]:
     }
 
 
+def activations(rows: int, width: int) -> dict[str, float]:
+    """Milliseconds of each MLP activation on (rows, width) inputs of a unit normal, op by op and
+    compiled (jit)."""
+    import mindspore as ms
+    from mindspore import Tensor, ops
+
+    from clip.model import GELU, QuickGELU
+
+    x = Tensor(np.random.default_rng(0).standard_normal((rows, width), dtype=np.float32))
+
+    def gelu_op(x):
+        return ops.gelu(x, approximate="none")
+
+    forms = {
+        "ops.gelu (exact)": gelu_op,
+        "clip GELU (erf)": GELU().construct,
+        "clip QuickGELU": QuickGELU().construct,
+    }
+    figures = {}
+    for name, form in forms.items():
+        figures[name] = 1e3 * seconds(form, x)
+        figures[f"{name}, jit"] = 1e3 * seconds(ms.jit(form), x)
+    return figures
+
+
 # ViT-B/32: 50 tokens per image; in_proj, c_fc, c_proj, out_proj at batch 32 and 1
 LINEAR_SHAPES = [(1600, 768, 2304), (1600, 768, 3072), (1600, 3072, 768), (1600, 768, 768)]
 LINEAR_SHAPES += [(50, 768, 3072), (50, 3072, 768)]
@@ -109,6 +135,9 @@ def main() -> None:
     for shape in LINEAR_SHAPES:
         figures = matmuls(*shape)
         print(f"{shape}: " + ", ".join(f"{name} {value:.0f}" for name, value in figures.items()))
+    print("\nMLP activations at ViT-B/32 batch 32, ms (rows x width)")
+    figures = activations(1600, 3072)
+    print("(1600, 3072): " + ", ".join(f"{name} {value:.1f}" for name, value in figures.items()))
     print(f"\nRN50 3x3 convolutions at batch {args.batch}, ms (channels, size)")
     for shape in CONV_SHAPES:
         figures = convolutions(args.batch, *shape)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import time
 
 import mindspore as ms
@@ -59,6 +60,17 @@ def test_vision_transformer_trace_is_the_encoder_with_its_internals(tiny):
     assert probs[0].shape == (len(io["images"]), model.config.vision_heads, tokens, tokens)
     np.testing.assert_allclose(probs[-1].asnumpy().sum(-1), 1, atol=1e-5)
     np.testing.assert_array_equal(inputs[0].asnumpy(), model.visual.embed(images).asnumpy())
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["op by op", "jit"])
+@pytest.mark.parametrize("export", [False, True], ids=["erf", "export's erf"])
+def test_gelu_is_the_exact_erf_gelu(jit, export, monkeypatch):
+    monkeypatch.setattr(clip_model, "EXPORT", export)
+    x = np.concatenate([np.linspace(-12, 12, 4801), [-1e4, -40.0, 0.0, 1e-6, 40.0, 1e4]])
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    gelu = clip_model.GELU().construct
+    out = (ms.jit(gelu) if jit else gelu)(Tensor(x.astype(np.float32))).asnumpy()
+    assert np.allclose(out, exact, rtol=1e-6, atol=1e-6)
 
 
 def test_config_heads_follow_widths_and_the_config_is_frozen():
