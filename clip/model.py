@@ -55,6 +55,22 @@ class BatchNorm2d(nn.Cell):
         return self.norm(x, self.weight, self.bias, self.running_mean, self.running_var)[0]
 
 
+class Linear(nn.Cell):
+    """x @ weight.T + bias with torch's names and (out, in) weight layout, on (..., in) inputs."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = _param(c_out, c_in)
+        self.bias = _param(c_out)
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        if x.ndim == 2:
+            return ops.bias_add(self.matmul(x, self.weight), self.bias)
+        rows = ops.bias_add(self.matmul(x.reshape(-1, x.shape[-1]), self.weight), self.bias)
+        return rows.reshape(*x.shape[:-1], -1)
+
+
 class QuickGELU(nn.Cell):
     def construct(self, x):
         return x * ops.sigmoid(1.702 * x)
@@ -219,17 +235,16 @@ class MultiheadAttention(nn.Cell):
         self.heads = heads
         self.in_proj_weight = _param(3 * width, width)
         self.in_proj_bias = _param(3 * width)
-        self.out_proj = nn.Dense(width, width)
+        self.out_proj = Linear(width, width)
         self.project = ops.MatMul(transpose_b=True)
 
-    def construct(self, x, mask=None, offset=None):
-        n, length, width = x.shape
-        qkv = ops.bias_add(
-            self.project(x.reshape(-1, width), self.in_proj_weight), self.in_proj_bias
-        )
-        q, k, v = ops.split(qkv.reshape(n, length, 3 * width), width, axis=-1)
+    def construct(self, rows, n: int, mask=None, offset=None):
+        """Output rows (N * L, D) of input rows (N * L, D) of n sequences, and probabilities."""
+        width = rows.shape[-1]
+        qkv = ops.bias_add(self.project(rows, self.in_proj_weight), self.in_proj_bias)
+        q, k, v = ops.split(qkv.reshape(n, -1, 3 * width), width, axis=-1)
         out, probs = _attention(q, k, v, self.heads, mask, offset)
-        return self.out_proj(out), probs
+        return self.out_proj(out.reshape(-1, width)), probs
 
 
 class ResidualAttentionBlock(nn.Cell):
@@ -240,18 +255,21 @@ class ResidualAttentionBlock(nn.Cell):
         self.mlp = nn.SequentialCell(
             OrderedDict(
                 [
-                    ("c_fc", nn.Dense(width, mlp_width)),
+                    ("c_fc", Linear(width, mlp_width)),
                     ("gelu", ACTIVATIONS[activation]()),
-                    ("c_proj", nn.Dense(mlp_width, width)),
+                    ("c_proj", Linear(mlp_width, width)),
                 ]
             )
         )
         self.ln_2 = LayerNorm(width)
 
     def construct(self, x, mask=None, offset=None):
-        out, probs = self.attn(self.ln_1(x), mask, offset)
+        # on (N * L, D) rows: 2-D norms and linear layers take the least time run op by op
+        n, length, width = x.shape
+        x = x.reshape(-1, width)
+        out, probs = self.attn(self.ln_1(x), n, mask, offset)
         x = x + out
-        return x + self.mlp(self.ln_2(x)), probs
+        return (x + self.mlp(self.ln_2(x))).reshape(n, length, width), probs
 
 
 def _batch_mask(x, mask):
@@ -334,10 +352,10 @@ class AttentionPool2d(nn.Cell):
     def __init__(self, spacial_dim: int, embed_dim: int, heads: int, output_dim: int):
         super().__init__()
         self.positional_embedding = _param(spacial_dim**2 + 1, embed_dim)
-        self.k_proj = nn.Dense(embed_dim, embed_dim)
-        self.q_proj = nn.Dense(embed_dim, embed_dim)
-        self.v_proj = nn.Dense(embed_dim, embed_dim)
-        self.c_proj = nn.Dense(embed_dim, output_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.c_proj = Linear(embed_dim, output_dim)
         self.heads = heads
 
     def construct(self, x):
