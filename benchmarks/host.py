@@ -4,7 +4,6 @@ import os
 import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
@@ -12,19 +11,13 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
 def cpu() -> dict:
     """CPU model (with its family and model numbers, which tell one generation from another
     when a virtual machine names only "AMD EPYC"), ISA_FLAGS it has, and the cores it may use."""
-    model, flags, numbers = platform.processor() or "unknown", set(), {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-            elif key.strip() in ("cpu family", "model"):
-                numbers.setdefault(key.strip(), value.strip())
-    if numbers:
-        model += f" (family {numbers.get('cpu family', '?')} model {numbers.get('model', '?')})"
+    from clip.device import cpu_info
+
+    fields = cpu_info()
+    model = fields.get("model name") or platform.processor() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
     return {
         "cpu": model,
         "isa": [flag for flag in ISA_FLAGS if flag in flags],

@@ -12,6 +12,7 @@ import mindspore as ms
 from mindspore._c_expression import MSContext
 
 DEVICES = ("Ascend", "GPU", "CPU")
+CPUINFO = Path("/proc/cpuinfo")
 _ALIASES = {"ascend": "Ascend", "npu": "Ascend", "gpu": "GPU", "cuda": "GPU", "cpu": "CPU"}
 
 
@@ -55,8 +56,19 @@ def prefer_avx2_convolutions() -> bool:
     return True
 
 
-def _has_avx512() -> bool:
+def cpu_info() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo ("model name", "cpu family", "flags", ...); empty
+    where there is no such file."""
     try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+        text = CPUINFO.read_text()
     except OSError:
-        return False
+        return {}
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _has_avx512() -> bool:
+    return "avx512f" in cpu_info().get("flags", "").split()

@@ -331,17 +331,48 @@ def test_resnet_graphs_take_a_chunk_of_images_where_few_convolutions_unfold(
     assert relative_error(features, io["image_features"]) <= 1e-4
 
 
-def test_resnets_cap_onednn_at_avx2_only_on_avx512_cpus_where_no_isa_was_chosen(monkeypatch):
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 fma {extra}
+
+processor\t: 1
+model name\t: another CPU
+flags\t\t: fpu avx512f
+"""
+
+
+def test_cpu_info_reads_the_first_cpu_and_is_empty_without_the_file(tmp_path, monkeypatch):
     from clip import device
+
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "cpuinfo")
+    assert device.cpu_info() == {}
+    (tmp_path / "cpuinfo").write_text(CPUINFO.format(extra="avx512f avx512_vnni"))
+    info = device.cpu_info()
+    assert (info["model name"], info["cpu family"], info["model"]) == ("AMD EPYC", "25", "17")
+    assert info["flags"].split() == ["fpu", "sse2", "avx2", "fma", "avx512f", "avx512_vnni"]
+    assert device._has_avx512()
+    (tmp_path / "cpuinfo").write_text(CPUINFO.format(extra="avx512_vnni"))  # no avx512f
+    assert not device._has_avx512()
+
+
+def test_resnets_cap_onednn_at_avx2_only_on_avx512_cpus_where_no_isa_was_chosen(
+    tmp_path, monkeypatch
+):
+    from clip import device
+
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "cpuinfo")
 
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # restored after the test
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(device, "_has_avx512", lambda: False)
+    (tmp_path / "cpuinfo").write_text(CPUINFO.format(extra=""))
     assert not device.prefer_avx2_convolutions()
     assert "ONEDNN_MAX_CPU_ISA" not in device.os.environ
-    monkeypatch.setattr(device, "_has_avx512", lambda: True)
+    (tmp_path / "cpuinfo").write_text(CPUINFO.format(extra="avx512f"))
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX512_CORE")  # the user's choice stands
     assert not device.prefer_avx2_convolutions()
     assert "ONEDNN_MAX_CPU_ISA" not in device.os.environ
