@@ -80,7 +80,7 @@ class GELU(nn.Cell):
     """Exact (erf) GELU, as torch's nn.GELU(): open_clip's LAION models and HF's "gelu"."""
 
     def construct(self, x):
-        # erf's own kernel, not ops.gelu's: the same numbers, and faster run op by op
+        # erf's own kernel, not ops.gelu's: the same function to float rounding, faster op by op
         erf = _erf if EXPORT else ops.erf  # ONNX export has no Erf
         return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
