@@ -30,7 +30,9 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-PYTEST := -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+# --durations: the slowest tests are listed, for keeping the suite within its time budget
+PYTEST := -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg \
+	--durations=15
 
 # ruff once, then the whole suite (tests + notebooks) on each interpreter.
 test: lint $(CHROMIUM) test-3.11 test-3.12
