@@ -68,13 +68,14 @@ def write_cifar10(
     """Write (images, labels) train and test splits as a CIFAR-10 binary directory at root; with
     train None, the test split alone."""
     names = _check_names(names, "names")
-    train = None if train is None else _records(train, [names], "train", TRAIN)
     test = _records(test, [names], "test", TEST)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    size = 0 if train is None else len(train) // 5
-    for i in range(5 if size else 0):
-        (root / f"data_batch_{i + 1}.bin").write_bytes(train[i * size : (i + 1) * size])
+    if train is not None:
+        records = _records(train, [names], "train", TRAIN)
+        size = len(records) // 5
+        for i in range(5):
+            (root / f"data_batch_{i + 1}.bin").write_bytes(records[i * size : (i + 1) * size])
     (root / "test_batch.bin").write_bytes(test)
     (root / "batches.meta.txt").write_text("\n".join(names) + "\n")
     return root
