@@ -364,10 +364,20 @@ class AttentionPool2d(nn.Cell):
     def trace(self, x) -> tuple:
         """The pooled features and the mean token's attention probabilities (N, heads, 1, 1+h*w)."""
         n, c = x.shape[:2]
+        heads, head_dim = self.heads, c // self.heads
         x = x.reshape(n, c, -1).transpose(0, 2, 1)
         x = ops.cat([x.mean(axis=1, keep_dims=True), x], axis=1) + self.positional_embedding
-        out, probs = _attention(self.q_proj(x[:, :1]), self.k_proj(x), self.v_proj(x), self.heads)
-        return self.c_proj(out[:, 0]), probs
+        # One query, so keys and values of every token (most of the pool's work) are never formed:
+        # head h's score of token x is q_h . (K_h x + k_h) = (K_h^T q_h) . x + q_h . k_h, the last
+        # the same for every token (softmax drops it), and its output is V_h (sum_j p_j x_j) + v_h.
+        q = self.q_proj(x[:, 0]) * head_dim**-0.5
+        q = q.reshape(n, heads, head_dim).transpose(1, 0, 2)  # (heads, n, d)
+        query = ops.matmul(q, self.k_proj.weight.reshape(heads, head_dim, c))  # (heads, n, c)
+        probs = ops.softmax(_scores(query.transpose(1, 0, 2), x), axis=-1)  # (n, heads, L)
+        pooled = ops.matmul(probs, x).transpose(1, 0, 2)  # (heads, n, c)
+        out = _scores(pooled, self.v_proj.weight.reshape(heads, head_dim, c))  # (heads, n, d)
+        out = out.transpose(1, 0, 2).reshape(n, c) + self.v_proj.bias
+        return self.c_proj(out), probs[:, :, None]
 
 
 UNROLLED_CONVOLUTIONS = 32  # at most this many per-image convolutions in one compiled graph

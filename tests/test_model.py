@@ -63,6 +63,38 @@ def test_vision_transformer_trace_is_the_encoder_with_its_internals(tiny):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["op by op", "jit"])
+def test_attention_pool_is_multi_head_attention_of_the_mean_token(jit):
+    # float64 numpy with every token's keys and values formed, as torch's multi_head_attention
+    n, c, heads, grid, out_dim = 3, 64, 4, 3, 24
+    pool = clip_model.AttentionPool2d(grid, c, heads, out_dim)
+    rng = np.random.default_rng(5)
+    weights = {}
+    for name, param in pool.parameters_and_names():
+        weights[name] = rng.standard_normal(param.shape) * 0.3  # biases too, k's included
+        param.set_data(Tensor(weights[name].astype(np.float32)))
+    x = rng.standard_normal((n, c, grid, grid))
+    tokens = x.reshape(n, c, -1).transpose(0, 2, 1)
+    tokens = np.concatenate([tokens.mean(1, keepdims=True), tokens], 1)
+    tokens = tokens + weights["positional_embedding"]
+
+    def project(name, rows):
+        return rows @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+
+    d = c // heads
+    q = project("q_proj", tokens[:, :1]).reshape(n, 1, heads, d).transpose(0, 2, 1, 3)
+    k = project("k_proj", tokens).reshape(n, -1, heads, d).transpose(0, 2, 1, 3)
+    v = project("v_proj", tokens).reshape(n, -1, heads, d).transpose(0, 2, 1, 3)
+    probs = softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(d))  # (n, heads, 1, L)
+    expected = project("c_proj", (probs @ v).transpose(0, 2, 1, 3).reshape(n, c))
+
+    trace = ms.jit(pool.trace) if jit else pool.trace
+    features, pool_probs = trace(Tensor(x.astype(np.float32)))
+    assert relative_error(features.asnumpy(), expected) <= 1e-5
+    assert pool_probs.shape == (n, heads, 1, grid * grid + 1)
+    assert np.abs(pool_probs.asnumpy() - probs).max() <= 1e-6
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["op by op", "jit"])
 @pytest.mark.parametrize("export", [False, True], ids=["erf", "export's erf"])
 def test_gelu_is_the_exact_erf_gelu(jit, export, monkeypatch):
     monkeypatch.setattr(clip_model, "EXPORT", export)
