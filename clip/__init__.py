@@ -38,7 +38,8 @@ def load(
 
     Like OpenAI's `device=`, this chooses where MindSpore runs, for the whole process: it sets
     MindSpore's device target (device, or the best one present) and, on CPU, turns on MindSpore's
-    launch_blocking (its default busy-waiting launch threads take a core from the kernels).
+    launch_blocking (its default busy-waiting launch threads take a core from the kernels) and,
+    unless set before, splits each kernel into one task per core where there are fewer than 25.
     Nothing else outside the returned model is changed.
 
     progress: a progress bar over reading and building; None shows it for weights

@@ -13,6 +13,7 @@ from mindspore._c_expression import MSContext
 
 DEVICES = ("Ascend", "GPU", "CPU")
 CPUINFO = Path("/proc/cpuinfo")
+DEFAULT_KERNEL_THREADS = 25  # MindSpore's own count of parallel tasks per CPU kernel
 _ALIASES = {"ascend": "Ascend", "npu": "Ascend", "gpu": "GPU", "cuda": "GPU", "cpu": "CPU"}
 
 
@@ -37,7 +38,22 @@ def select_device(device: str | None = None) -> str:
     if target == "CPU":
         # Without it MindSpore's launch threads spin on a core the kernels need.
         ms.runtime.launch_blocking()
+        match_kernel_threads_to_cores()
     return target
+
+
+def match_kernel_threads_to_cores() -> bool:
+    """Split CPU kernels into as many parallel tasks as this process has cores, where that is
+    fewer than MindSpore's default of 25 and no count was set; whether it was set now."""
+    # Each op's tasks beyond the cores only queue, and the many small ops of a ResNet pay that
+    # overhead per call (README, "Memory and kernels"). MindSpore reads the count at its first
+    # kernel: set later, it changes nothing, and it can be set only once per process.
+    runtime = ms.device_context.cpu.op_tuning.RuntimeConf.get_instance()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if runtime.is_op_threads_num_configured() or not cores or cores >= DEFAULT_KERNEL_THREADS:
+        return False
+    ms.device_context.cpu.op_tuning.threads_num(cores)
+    return True
 
 
 def prefer_avx2_convolutions() -> bool:

@@ -129,3 +129,40 @@ def test_load_of_an_unreadable_file_names_it_once(tmp_path):
         clip.load(path)
     assert str(error.value).count(str(path)) == 1
     assert "is a text file" in str(error.value)
+
+
+def _run(script: str) -> None:
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+THREADS_CONFIGURED = (
+    "from mindspore.device_context.cpu.op_tuning import RuntimeConf\n"
+    "configured = RuntimeConf.get_instance().is_op_threads_num_configured\n"
+)
+
+
+def test_cpu_kernels_get_one_task_per_core_at_load_not_at_import():
+    _run(
+        THREADS_CONFIGURED + "import os\n"
+        "os.sched_getaffinity = lambda pid: {0, 1}\n"
+        "import clip\n"
+        "assert not configured()\n"
+        "from clip.device import select_device\n"
+        "assert select_device('CPU') == 'CPU' and configured()\n"
+    )
+
+
+def test_cpu_kernel_tasks_are_left_to_a_user_who_set_them_or_to_many_cores():
+    _run(
+        THREADS_CONFIGURED + "import mindspore as ms\n"
+        "ms.device_context.cpu.op_tuning.threads_num(1)\n"
+        "from clip.device import match_kernel_threads_to_cores\n"
+        "assert not match_kernel_threads_to_cores()\n"  # would raise if it set the count again
+    )
+    _run(
+        THREADS_CONFIGURED + "import os\n"
+        "os.sched_getaffinity = lambda pid: set(range(64))\n"
+        "from clip.device import match_kernel_threads_to_cores\n"
+        "assert not match_kernel_threads_to_cores() and not configured()\n"
+    )
