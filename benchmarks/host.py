@@ -1,6 +1,5 @@
 """The host a benchmark ran on: CPU model, the ISA flags that decide kernel speed, versions."""
 
-import os
 import platform
 import sys
 from importlib import metadata
@@ -11,7 +10,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
 def cpu() -> dict:
     """CPU model (with its family and model numbers, which tell one generation from another
     when a virtual machine names only "AMD EPYC"), ISA_FLAGS it has, and the cores it may use."""
-    from clip.device import cpu_info
+    from clip.device import cpu_info, usable_cores
 
     fields = cpu_info()
     model = fields.get("model name") or platform.processor() or "unknown"
@@ -21,9 +20,7 @@ def cpu() -> dict:
     return {
         "cpu": model,
         "isa": [flag for flag in ISA_FLAGS if flag in flags],
-        "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cores": usable_cores(),
     }
 
 

@@ -42,6 +42,13 @@ def select_device(device: str | None = None) -> str:
     return target
 
 
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):  # a container or taskset may allow fewer than exist
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def match_kernel_threads_to_cores() -> bool:
     """Split CPU kernels into as many parallel tasks as this process has cores, where that is
     fewer than MindSpore's default of 25 and no count was set; whether it was set now."""
@@ -49,8 +56,8 @@ def match_kernel_threads_to_cores() -> bool:
     # overhead per call (README, "Memory and kernels"). MindSpore reads the count at its first
     # kernel: set later, it changes nothing, and it can be set only once per process.
     runtime = ms.device_context.cpu.op_tuning.RuntimeConf.get_instance()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if runtime.is_op_threads_num_configured() or not cores or cores >= DEFAULT_KERNEL_THREADS:
+    cores = usable_cores()
+    if runtime.is_op_threads_num_configured() or cores >= DEFAULT_KERNEL_THREADS:
         return False
     ms.device_context.cpu.op_tuning.threads_num(cores)
     return True

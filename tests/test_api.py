@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import ASSETS, FIXTURES, random_state_dict, softmax, write_clip_ckpt
+from helpers import ASSETS, FIXTURES, random_state_dict, run_isolated, softmax, write_clip_ckpt
 from mindspore import Tensor
 
 import clip
@@ -132,7 +132,7 @@ def test_load_of_an_unreadable_file_names_it_once(tmp_path):
 
 
 def _run(script: str) -> None:
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = run_isolated(script)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
