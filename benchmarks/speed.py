@@ -1,7 +1,9 @@
 """This project against OpenAI's PyTorch CLIP on the same CPU, in one invocation: ratios.
 
 Each measurement runs in a fresh worker process (so its peak memory is its own), alternating
-between the implementations for --rounds rounds; the median time per call is kept. The reference
+between the implementations for --rounds rounds; the median time per call is kept. The table gives
+each figure's median over rounds and, as the ratio, the median of the round-by-round ratios against
+the reference with their range: this host's speed drifts by 10-30% between processes. The reference
 runs in .venv-bench (torch 2.13.0 CPU, OpenAI's model.py and simple_tokenizer.py); .venv-ref writes
 the TorchScript .pt. `make bench` builds both.
 Run: make bench   (or .venv/bin/python benchmarks/speed.py [--rounds N] [--quick])
@@ -10,6 +12,7 @@ Run: make bench   (or .venv/bin/python benchmarks/speed.py [--rounds N] [--quick
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,17 +108,30 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
 
+def paired_ratios(case: str, ours: list[float], reference: list[float]) -> list[float]:
+    """Round by round, this project's figure against the reference's of the same round (> 1:
+    better); pairs taken minutes apart, so a host's slow spell weighs on both sides."""
+    if len(ours) != len(reference):
+        raise ValueError(f"{case}: {len(ours)} rounds against the reference's {len(reference)}")
+    higher_is_better = case.endswith("/s")
+    return [o / r if higher_is_better else r / o for o, r in zip(ours, reference, strict=True)]
+
+
 def table(results: dict) -> str:
-    lines = ["| measurement | torch | mindspore | ratio | mindspore jit | ratio |"]
+    """Markdown rows: medians over rounds, and the median of the paired ratios with their range."""
+    lines = ["| measurement | torch | mindspore | ratio (range) | mindspore jit | ratio (range) |"]
     lines.append("|---|---|---|---|---|---|")
     for (group, case), by_impl in results.items():
         ref = by_impl["torch"]
-        cells = [f"{group} {case}", _number(ref)]
+        cells = [f"{group} {case}", _number(statistics.median(ref))]
         for impl in ("mindspore", "mindspore-jit"):
             if impl in by_impl:
-                value = by_impl[impl]
-                better = value / ref if case.endswith("/s") else ref / value
-                cells += [_number(value), f"{better:.2f}x"]
+                ratios = paired_ratios(case, by_impl[impl], ref)
+                spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+                cells += [
+                    _number(statistics.median(by_impl[impl])),
+                    f"{statistics.median(ratios):.2f}x{spread}",
+                ]
             else:
                 cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -124,7 +140,7 @@ def table(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per group")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per group")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions per case")
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
     args = parser.parse_args()
@@ -151,13 +167,9 @@ def main() -> int:
                     for case, value in measured.items():
                         results.setdefault((group, case), {}).setdefault(implementation, [])
                         results[(group, case)][implementation].append(value)
-    best = {  # best of rounds: throughput max, seconds and memory min
-        key: {i: (max(v) if key[1].endswith("/s") else min(v)) for i, v in by_impl.items()}
-        for key, by_impl in results.items()
-    }
     print(f"\n{header}")
-    print("ratio > 1: this project is better (faster, or less memory)\n")
-    print(table(best))
+    print(f"ratio > 1: this project is better (faster, or less memory); {args.rounds} rounds\n")
+    print(table(results))
     return 0
 
 
