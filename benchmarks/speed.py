@@ -3,7 +3,7 @@
 Each measurement runs in a fresh worker process (so its peak memory is its own), alternating
 between the implementations for --rounds rounds; the median time per call is kept. The table gives
 each figure's median over rounds and, as the ratio, the median of the round-by-round ratios against
-the reference with their range: this host's speed drifts by 10-30% between processes. The reference
+the reference with their range: a host's speed drifts between processes. The reference
 runs in .venv-bench (torch 2.13.0 CPU, OpenAI's model.py and simple_tokenizer.py); .venv-ref writes
 the TorchScript .pt. `make bench` builds both.
 Run: make bench   (or .venv/bin/python benchmarks/speed.py [--rounds N] [--quick])
