@@ -1,6 +1,6 @@
 """Per-op speeds on this CPU: the matmul forms a ViT's linear layers could use, its MLP
-activations, and the two kernels of ResNet 3x3 convolutions (clip.model.Conv2d), on the shapes
-ViT-B/32 and RN50 run.
+activations, a ReLU's cost in a compiled graph, and the two kernels of ResNet 3x3 convolutions
+(clip.model.Conv2d), on the shapes ViT-B/32 and RN50 run.
 
 The fastest op differs between CPUs (see the README's tables): this prints the figures that
 decide it on the host it runs on. fp32, 2 threads, MindSpore with launch_blocking, best of 7.
@@ -112,6 +112,24 @@ def activations(rows: int, width: int) -> dict[str, float]:
     return figures
 
 
+def chained_relu(shape: tuple[int, ...], length: int = 100) -> float:
+    """Microseconds each further ReLU adds to one compiled chain of them on `shape`: a kernel's
+    launch and its fresh output buffer, with no Python in between."""
+    import mindspore as ms
+    from mindspore import Tensor, ops
+
+    def chain(count: int):
+        def run(x):
+            for _ in range(count):
+                x = ops.relu(x)
+            return x
+
+        return ms.jit(run)
+
+    x = Tensor(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+    return 1e6 * (seconds(chain(1 + length), x) - seconds(chain(1), x)) / length
+
+
 # ViT-B/32: 50 tokens per image; in_proj, c_fc, c_proj, out_proj at batch 32 and 1
 LINEAR_SHAPES = [(1600, 768, 2304), (1600, 768, 3072), (1600, 3072, 768), (1600, 768, 768)]
 LINEAR_SHAPES += [(50, 768, 3072), (50, 3072, 768)]
@@ -138,6 +156,9 @@ def main() -> None:
     print("\nMLP activations at ViT-B/32 batch 32, ms (rows x width)")
     figures = activations(1600, 3072)
     print("(1600, 3072): " + ", ".join(f"{name} {value:.1f}" for name, value in figures.items()))
+    print("\nReLU in a compiled chain, microseconds per further ReLU (shape)")
+    for shape in dict.fromkeys([(1, 64), (1, 256, 56, 56), (args.batch, 256, 56, 56)]):
+        print(f"{shape}: {chained_relu(shape):.0f}")
     print(f"\nRN50 3x3 convolutions at batch {args.batch}, ms (channels, size)")
     for shape in CONV_SHAPES:
         figures = convolutions(args.batch, *shape)
